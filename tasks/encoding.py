@@ -1,0 +1,78 @@
+"""CF encoding of values for arrays that already exist in the store.
+
+Data written into an existing array must be encoded exactly as xarray encoded the
+array when it created it (units and calendar of times, scale_factor/add_offset,
+_FillValue, dtype). The stored encoding is read back from the store and applied here,
+which is what xarray itself does when it appends.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Mapping
+from typing import Any
+
+import numpy as np
+import xarray as xr
+from xarray.backends.zarr import encode_zarr_variable
+
+# Encoding keys that change the stored values; the rest (chunks, compressors, ...)
+# describe the array layout, which already exists.
+VALUE_ENCODING_KEYS = (
+    "units",
+    "calendar",
+    "dtype",
+    "scale_factor",
+    "add_offset",
+    "_FillValue",
+    "missing_value",
+)
+
+
+def value_encoding(encoding: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: encoding[k] for k in VALUE_ENCODING_KEYS if k in encoding}
+
+
+def encode_for_store(
+    variable: xr.Variable, stored_encoding: Mapping[str, Any], name: Hashable
+) -> xr.Variable:
+    """Encode ``variable`` (decoded, numpy- or dask-backed) with a stored array's encoding.
+
+    Dask-backed data stays lazy. Raises whatever xarray raises when the values cannot be
+    represented (e.g. times finer than the stored units in an integer dtype).
+    """
+    plain = xr.Variable(variable.dims, variable.data, variable.attrs)
+    plain.encoding = value_encoding(stored_encoding)
+    return encode_zarr_variable(plain, name=name, zarr_format=3)
+
+
+def time_encoding_for(variable: xr.Variable, requested: Mapping[str, Any]) -> dict[str, Any]:
+    """Units and calendar xarray would pick for in-memory times, fixed before they go lazy.
+
+    Wrapping in-memory times in dask (to create their array without writing values)
+    would make xarray fall back to nanoseconds; inferring here keeps the units a plain
+    ``to_zarr`` of the same data would choose.
+    """
+    if variable.dtype.kind == "M" or _holds_cftime(variable):
+        encoded = encode_zarr_variable(
+            xr.Variable(variable.dims, variable.values, encoding=dict(requested)), zarr_format=3
+        )
+        return {
+            "units": encoded.attrs["units"],
+            "calendar": encoded.attrs.get("calendar", "proleptic_gregorian"),
+            "dtype": encoded.dtype,
+        }
+    if variable.dtype.kind == "m":
+        encoded = encode_zarr_variable(
+            xr.Variable(variable.dims, variable.values, encoding=dict(requested)), zarr_format=3
+        )
+        return {"units": encoded.attrs["units"], "dtype": encoded.dtype}
+    return {}
+
+
+def _holds_cftime(variable: xr.Variable) -> bool:
+    if variable.dtype.kind != "O" or variable.size == 0:
+        return False
+    import cftime
+
+    first = np.asarray(variable.values).flat[0]
+    return isinstance(first, cftime.datetime)

@@ -1,0 +1,123 @@
+"""Read the session back after write_metadata and write_eager, and compare it with the plan.
+
+Catches what would otherwise be published silently: an array created with other
+chunks or dtype than planned, attributes lost, in-memory values that did not land,
+an append whose labels do not continue the stored axis.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import xarray as xr
+import zarr
+
+from tasks.errors import VerificationError
+from tasks.stored import array_path
+
+if TYPE_CHECKING:
+    from tasks.planner import Planned
+
+
+def verify_store(store: zarr.abc.store.Store, planned: Planned, source: xr.Dataset) -> None:
+    plan = planned.plan
+    group = plan.group
+    problems: list[str] = []
+    for row in plan.arrays:
+        if row.action == "delete":
+            if _open(store, group, row.name) is not None:
+                problems.append(f"array {row.name!r} should have been deleted but is still there")
+            continue
+        array = _open(store, group, row.name)
+        if array is None:
+            problems.append(f"array {row.name!r} is missing")
+            continue
+        dims = tuple(array.metadata.dimension_names or ())
+        if dims != row.dims:
+            problems.append(f"array {row.name!r} has dims {dims}, planned {row.dims}")
+        if tuple(array.shape) != row.shape:
+            problems.append(
+                f"array {row.name!r} has shape {tuple(array.shape)}, planned {row.shape}"
+            )
+        if row.chunks and tuple(array.chunks) != row.chunks:
+            problems.append(
+                f"array {row.name!r} has chunks {tuple(array.chunks)}, planned {row.chunks}"
+            )
+        stored_dtype = np.dtype(array.dtype)
+        if stored_dtype.kind not in "OUST" and str(stored_dtype) != row.dtype:
+            problems.append(f"array {row.name!r} has dtype {stored_dtype}, planned {row.dtype}")
+        missing_attrs = [
+            k for k, v in row.attrs.items() if k not in array.attrs or not _equal(array.attrs[k], v)
+        ]
+        if missing_attrs and row.action != "skip":
+            problems.append(f"array {row.name!r} lacks the planned attributes {missing_attrs}")
+
+    zgroup = zarr.open_group(store, path=group or "", mode="r")
+    lost = [
+        k
+        for k, v in plan.group_attrs.items()
+        if k not in zgroup.attrs or not _equal(zgroup.attrs[k], v)
+    ]
+    if lost:
+        problems.append(f"group attributes {lost} are not as planned")
+
+    if not problems:
+        problems += _check_eager_values(store, planned)
+        problems += _check_append_labels(store, planned, source)
+    if problems:
+        raise VerificationError(problems, group=group)
+
+
+def _check_eager_values(store: zarr.abc.store.Store, planned: Planned) -> list[str]:
+    eager = [w for w in planned.writes if not w.lazy]
+    if not eager:
+        return []
+    stored = xr.open_zarr(store, group=planned.plan.group, consolidated=False, chunks=None)
+    problems = []
+    for write in eager:
+        region = dict(zip(stored[write.name].dims, write.region, strict=True))
+        back = stored[write.name].variable[region].load()
+        if not back.equals(write.variable.to_base_variable()):
+            problems.append(
+                f"variable {write.name!r} reads back different values than were written to "
+                f"{_describe(region)}"
+            )
+    return problems
+
+
+def _check_append_labels(
+    store: zarr.abc.store.Store, planned: Planned, source: xr.Dataset
+) -> list[str]:
+    dim = planned.plan.append_dim
+    if dim is None or dim not in source.indexes:
+        return []
+    stored = xr.open_zarr(store, group=planned.plan.group, consolidated=False, chunks=None)
+    if dim not in stored.indexes:
+        return [f"the stored group has no {dim!r} coordinate after the append"]
+    labels = stored.indexes[dim]
+    problems = []
+    if not (labels.is_monotonic_increasing and labels.is_unique):
+        problems.append(f"the stored {dim!r} labels are not strictly increasing after the append")
+    missing = source.indexes[dim].difference(labels)
+    if len(missing):
+        problems.append(f"labels {[str(x) for x in missing[:5]]} of {dim!r} are not in the store")
+    return problems
+
+
+def _open(store: zarr.abc.store.Store, group: str | None, name: str) -> zarr.Array[Any] | None:
+    try:
+        return zarr.open_array(store, path=array_path(group, name), mode="r")
+    except (FileNotFoundError, zarr.errors.NodeNotFoundError):
+        return None
+
+
+def _equal(a: Any, b: Any) -> bool:
+    try:
+        return bool(np.array_equal(np.asarray(a), np.asarray(b)))
+    except Exception:
+        return bool(a == b)
+
+
+def _describe(region: dict[Any, slice]) -> str:
+    return ", ".join(f"{d}[{s.start}:{s.stop}]" for d, s in region.items()) or "the whole array"
