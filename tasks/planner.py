@@ -519,6 +519,8 @@ class ModifyPlanner(Planner):
             replaced, action="replace"
         )
         template = xr.merge([template, replaced_template]) if replaced else template
+        # to_zarr(mode="a") replaces the group's attributes with the template's
+        template.attrs = {**self.stored.attrs, **ds.attrs}
         encodings.update(replaced_enc)
         group_changes = _changed_attrs(self.stored.attrs, ds.attrs)
         steps = MetadataSteps(

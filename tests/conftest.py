@@ -1,0 +1,58 @@
+"""Fixtures shared by the whole suite: repositories on disk and the dask schedulers."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import dask
+import icechunk
+import pytest
+import xarray as xr
+import zarr
+from distributed import Client, LocalCluster
+
+
+@pytest.fixture
+def repo(tmp_path: Path) -> icechunk.Repository:
+    return icechunk.Repository.create(icechunk.local_filesystem_storage(str(tmp_path / "repo")))
+
+
+@pytest.fixture(scope="session")
+def local_cluster() -> Iterator[LocalCluster]:
+    """Two worker processes: writes cross a process boundary as on a real cluster."""
+    with LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        yield cluster
+
+
+@pytest.fixture(params=["threads", "cluster"])
+def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Runs a test on the threaded scheduler and on a LocalCluster with worker processes."""
+    if request.param == "threads":
+        with dask.config.set(scheduler="threads"):
+            yield "threads"
+    else:
+        cluster = request.getfixturevalue("local_cluster")
+        with Client(cluster) as client, dask.config.set(scheduler=client):
+            yield "cluster"
+
+
+def read_back(
+    repo: icechunk.Repository, group: str | None = None, branch: str = "main"
+) -> xr.Dataset:
+    """The committed group, read independently of icefloe."""
+    session = repo.readonly_session(branch=branch)
+    return xr.open_zarr(session.store, group=group, consolidated=False).load()
+
+
+def plain_xarray(ds: xr.Dataset, tmp_path: Path, name: str = "plain") -> xr.Dataset:
+    """What plain xarray stores and reads back for ``ds`` written in one go."""
+    path = tmp_path / f"{name}.zarr"
+    ds.to_zarr(zarr.storage.LocalStore(str(path)), mode="w", consolidated=False, zarr_format=3)
+    return xr.open_zarr(str(path), consolidated=False).load()
+
+
+def tip(repo: icechunk.Repository, branch: str = "main") -> str:
+    return repo.lookup_branch(branch)
