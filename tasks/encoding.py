@@ -8,6 +8,7 @@ which is what xarray itself does when it appends.
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Hashable, Mapping
 from typing import Any
 
@@ -42,7 +43,23 @@ def encode_for_store(
     """
     plain = xr.Variable(variable.dims, variable.data, variable.attrs)
     plain.encoding = value_encoding(stored_encoding)
-    return encode_zarr_variable(plain, name=name, zarr_format=3)
+    with warnings.catch_warnings():
+        # xarray warns when it must switch to finer time units than the stored ones; the
+        # array's units attribute would not follow, so the values would be silently wrong
+        warnings.filterwarnings("error", message=".*serialized faithfully.*")
+        try:
+            encoded = encode_zarr_variable(plain, name=name, zarr_format=3)
+        except UserWarning as warning:
+            raise ValueError(str(warning)) from None
+    for key in ("units", "calendar"):
+        if (
+            key in plain.encoding
+            and encoded.attrs.get(key, plain.encoding[key]) != plain.encoding[key]
+        ):
+            raise ValueError(
+                f"the values need {key} {encoded.attrs[key]!r}, not the stored {plain.encoding[key]!r}"
+            )
+    return encoded
 
 
 def time_encoding_for(variable: xr.Variable, requested: Mapping[str, Any]) -> dict[str, Any]:

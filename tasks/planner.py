@@ -14,6 +14,7 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 import xarray as xr
+from xarray.conventions import decode_cf_variable
 
 from tasks.chunking import (
     Region,
@@ -345,7 +346,11 @@ class Planner:
         if _is_lazy(variable):
             return
         try:
-            encode_for_store(variable, stored_encoding, name)
+            encoded = encode_for_store(variable, stored_encoding, name)
+            if variable.dtype.kind in "mMO" and not decode_cf_variable(name, encoded).equals(
+                variable.to_base_variable()
+            ):
+                raise ValueError("the values do not survive encoding and decoding unchanged")
         except Exception as err:
             units = stored_encoding.get("units")
             calendar = stored_encoding.get("calendar")
@@ -640,7 +645,9 @@ class AppendPlanner(Planner):
             0,
         )  # store position the write starts at; first ds label kept
         if new_labels is not None and dim in stored.dataset.indexes and len(new_labels):
-            write_from, keep_from = self._place_labels(stored.dataset.indexes[dim], new_labels)
+            stored_labels = stored.dataset.indexes[dim]
+            if self._same_calendar(stored_labels, new_labels):
+                write_from, keep_from = self._place_labels(stored_labels, new_labels)
         elif new_labels is None and dim in stored.arrays:
             self.problems.add(
                 f"the store has a coordinate {dim!r} but the dataset has none; add the labels "
@@ -757,6 +764,16 @@ class AppendPlanner(Planner):
             label_range=label_range,
         )
 
+    def _same_calendar(self, stored_labels: pd.Index, new_labels: pd.Index) -> bool:
+        stored_calendar, new_calendar = _calendar(stored_labels), _calendar(new_labels)
+        if stored_calendar == new_calendar:
+            return True
+        self.problems.add(
+            f"labels along {self.append_dim!r} use the {new_calendar} calendar but the store "
+            f"uses {stored_calendar}; convert them with ds.convert_calendar({stored_calendar!r})"
+        )
+        return False
+
     def _place_labels(self, stored_labels: pd.Index, new_labels: pd.Index) -> tuple[int, int]:
         """Where the new labels go: (store position of the first written, first kept label)."""
         dim = self.append_dim
@@ -822,6 +839,15 @@ class AppendPlanner(Planner):
                 f"the new labels along {self.append_dim!r} are not spaced by the stored step "
                 f"{step}; resample them to the stored step"
             )
+
+
+def _calendar(labels: pd.Index) -> str | None:
+    """The calendar of time labels, or None for labels that are not times."""
+    if isinstance(labels, xr.CFTimeIndex):
+        return str(labels.calendar)
+    if isinstance(labels, pd.DatetimeIndex):
+        return "proleptic_gregorian"
+    return None
 
 
 def _regular_step(labels: pd.Index) -> Any:
