@@ -934,6 +934,14 @@ class RegionPlanner(Planner):
                 else:
                     rows.append(self.skip_row(name, "labels match"))
                 continue
+            if name in self.ds.coords:
+                # rewriting an unchanged coordinate would make disjoint region runs conflict
+                in_store = _stored_variable(self.stored, name)[
+                    dict(zip(stored.dims, region, strict=True))
+                ]
+                if _values_equal(variable, in_store):
+                    rows.append(self.skip_row(name, "unchanged"))
+                    continue
             self.check_encodable(name, variable)
             row, write = self.plan_write(name, variable, region, "region", stored.shape)
             rows.append(row)

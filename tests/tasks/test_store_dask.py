@@ -17,9 +17,7 @@ pytestmark = pytest.mark.usefixtures("scheduler")
 def _target(repo, chunks=(4, 5)):
     session = repo.writable_session("main")
     root = zarr.open_group(session.store, mode="a")
-    root.create_array(
-        "field", shape=(12, 10), chunks=chunks, dtype="float64", fill_value=np.nan
-    )
+    root.create_array("field", shape=(12, 10), chunks=chunks, dtype="float64", fill_value=np.nan)
     session.commit("empty array")
     session = repo.writable_session("main")
     return session, zarr.open_array(session.store, path="field", mode="r+")

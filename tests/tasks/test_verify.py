@@ -16,7 +16,9 @@ from tests.conftest import tip
 def written(repo):
     """A session after write_metadata and write_eager, not committed, and its writer."""
     session = repo.writable_session("main")
-    writer = XarrayDatasetWriter(cf_dataset(4), store=session.store).for_create_or_overwrite(group="g")
+    writer = XarrayDatasetWriter(cf_dataset(4), store=session.store).for_create_or_overwrite(
+        group="g"
+    )
     writer.write_metadata()
     writer.write_eager()
     return session, writer

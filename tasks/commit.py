@@ -1,0 +1,71 @@
+"""Publishing a session: one commit, rebased onto concurrent commits when they do not conflict.
+
+icechunk's own rebase loop retries immediately; several runs finishing together
+would then hammer the branch ref in lockstep. Here each try rebases once and waits
+a jittered, growing delay before the next, and a genuine conflict (two runs wrote
+the same chunk or changed the same metadata) is reported with the paths and chunks,
+never resolved by letting the last writer win.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import time
+from typing import Any
+
+import icechunk
+
+from tasks.errors import CommitConflictError
+
+log = logging.getLogger(__name__)
+
+
+def describe_conflicts(error: icechunk.RebaseFailedError) -> list[str]:
+    described = []
+    for conflict in getattr(error, "conflicts", None) or []:
+        chunks = conflict.conflicted_chunks
+        where = (
+            f" chunks {chunks[:8]}{' …' if chunks and len(chunks) > 8 else ''}" if chunks else ""
+        )
+        described.append(f"{conflict.path}: {str(conflict.conflict_type).split('.')[-1]}{where}")
+    return described
+
+
+def commit_session(
+    session: icechunk.Session,
+    message: str,
+    metadata: dict[str, Any] | None = None,
+    *,
+    attempts: int = 8,
+    base_delay: float = 0.05,
+    max_delay: float = 5.0,
+) -> str:
+    """Commit, rebasing onto commits that landed meanwhile; returns the new snapshot id.
+
+    Raises CommitConflictError when the changes overlap another commit's, or when the
+    branch kept moving for ``attempts`` tries.
+    """
+    branch = session.branch
+    for attempt in range(1, attempts + 1):
+        try:
+            return session.commit(
+                message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=1
+            )
+        except icechunk.RebaseFailedError as err:
+            conflicts = describe_conflicts(err)
+            raise CommitConflictError(
+                f"branch {branch!r} received a commit that changed the same data: "
+                f"{'; '.join(conflicts) or err}. Nothing was published; re-run after the other "
+                "run finished, or write a region that does not overlap it"
+            ) from err
+        except icechunk.ConflictError as err:
+            if attempt == attempts:
+                raise CommitConflictError(
+                    f"branch {branch!r} kept moving during {attempts} commit attempts; nothing "
+                    "was published — retry later or serialize the writers"
+                ) from err
+            delay = min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
+            log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)
+            time.sleep(delay)
+    raise AssertionError("unreachable")

@@ -1,0 +1,64 @@
+"""Concurrent commits: disjoint regions both land; overlapping ones fail naming the chunks."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import xarray as xr
+
+from tasks.commit import commit_session
+from tasks.errors import CommitConflictError
+from tasks.writer import XarrayDatasetWriter
+from tests.cf_datasets import cf_dataset
+from tests.conftest import read_back, tip
+from tests.tasks.helpers import write
+
+
+def _region_session(repo, patch):
+    """A session holding a region write, not yet committed."""
+    session = repo.writable_session("main")
+    writer = XarrayDatasetWriter(patch, store=session.store).for_region(group="g")
+    writer.plan()
+    writer.write_metadata()
+    writer.write_eager()
+    writer.verify()
+    writer.write_lazy()
+    return session
+
+
+@pytest.fixture
+def stored(repo):
+    ds = cf_dataset(12)
+    write(
+        repo,
+        ds,
+        lambda w: w.for_create_or_overwrite(group="g", encoding={"tas": {"chunks": (4, 3, 4)}}),
+    )
+    return ds
+
+
+def _patch(ds, start, stop, value):
+    patch = ds[["tas"]].isel(time=slice(start, stop)).drop_vars("height")
+    return patch.copy(data={"tas": np.full(patch.tas.shape, value, dtype="float32")})
+
+
+def test_disjoint_regions_started_together_both_land(repo, stored):
+    first = _region_session(repo, _patch(stored, 0, 4, 1.0))
+    second = _region_session(repo, _patch(stored, 8, 12, 2.0))
+    commit_session(first, "first")
+    commit_session(second, "second")
+    back = read_back(repo, "g").tas
+    assert (back[0:4] == 1.0).all()
+    assert (back[8:12] == 2.0).all()
+    xr.testing.assert_equal(back[4:8], stored.tas[4:8])
+
+
+def test_overlapping_regions_fail_naming_the_chunks(repo, stored):
+    first = _region_session(repo, _patch(stored, 0, 6, 1.0))
+    second = _region_session(repo, _patch(stored, 4, 8, 2.0))
+    commit_session(first, "first")
+    landed = tip(repo)
+    with pytest.raises(CommitConflictError, match=r"g/tas.*chunks"):
+        commit_session(second, "second")
+    assert tip(repo) == landed
+    assert (read_back(repo, "g").tas[0:6] == 1.0).all()
