@@ -1,0 +1,1 @@
+"""icefloe's Prefect flows, their parameter models and the CLI."""
