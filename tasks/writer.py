@@ -22,10 +22,11 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from tasks.batches import LazyBatch, split_into_batches, stored_encodings, write_batch
 from tasks.chunking import Region, align_to_zarr_chunks, full_region, shared_chunks
 from tasks.encoding import encode_for_store
 from tasks.errors import ChunkConflictError, PhaseOrderError, PlanError
-from tasks.plan import WritePlan
+from tasks.plan import ArrayWrite, WritePlan
 from tasks.planner import (
     AppendPlanner,
     CreatePlanner,
@@ -216,27 +217,36 @@ class XarrayDatasetWriter:
     def write_lazy(self) -> None:
         """Write the dask-backed variables on the current dask scheduler and merge the result."""
         self._enter("write_lazy")
-        writes = [w for w in self._require_plan().writes if w.lazy]
-        if not writes:
+        batches = self.lazy_batches()
+        if not batches:
             log.info("write_lazy: no dask-backed variables")
             return
-        encodings = self._stored_encodings()
-        sources = [encode_for_store(w.variable, encodings[w.name], w.name).data for w in writes]
-        targets = [
-            zarr.open_array(self.store, path=array_path(self._group, w.name), mode="r+")
-            for w in writes
-        ]
-        store_dask(
-            self.store.session,
-            sources=sources,
-            targets=targets,
-            regions=[w.region for w in writes],
-        )
-        log.info(
-            "write_lazy: %d variables, %d chunks",
-            len(writes),
-            self._require_plan().plan.chunks_in_phase("lazy"),
-        )
+        session = self.store.session
+        for batch in batches:
+            session.merge(write_batch(session.fork(), batch))
+        log.info("write_lazy: %s", ", ".join(batch_summary(b) for b in batches))
+
+    def lazy_batches(self, dim: str | None = None, target_batches: int = 1) -> list[LazyBatch]:
+        """The lazy writes as chunk-aligned windows along ``dim`` (default: the append dim).
+
+        For callers that run the batches themselves (in parallel, persisted, resumable)
+        with ``tasks.batches.write_batch`` on copies of a fork of this writer's store.
+        """
+        planned = self._require_plan()
+        chunks = {a.name: a.chunks for a in planned.plan.arrays}
+        dim = dim or planned.plan.append_dim or _first_dim(planned.writes)
+        return split_into_batches(planned.writes, self._group, chunks, dim, target_batches)
+
+    def on_store(self, store: icechunk.IcechunkStore) -> XarrayDatasetWriter:
+        """This writer, with its plan and finished phases, continuing in another store.
+
+        The store must descend from the one the phases ran in (a copy of its fork, or
+        a fork persisted after them), since the plan describes that store's state.
+        """
+        clone = dataclasses.replace(self, store=store)
+        clone._planned = self._planned
+        clone._done = list(self._done)
+        return clone
 
     # -- internals ---------------------------------------------------------------------
 
@@ -287,10 +297,17 @@ class XarrayDatasetWriter:
         self._done.append(phase)
 
     def _stored_encodings(self) -> dict[str, dict[str, Any]]:
-        stored = xr.open_zarr(
-            self.store, group=self._group, consolidated=False, chunks=None, zarr_format=3
-        )
-        return {str(name): dict(var.encoding) for name, var in stored.variables.items()}
+        return stored_encodings(self.store, self._group)
+
+
+def _first_dim(writes: list[ArrayWrite]) -> str | None:
+    lazy = [w for w in writes if w.lazy and w.variable.ndim]
+    return str(lazy[0].variable.dims[0]) if lazy else None
+
+
+def batch_summary(batch: LazyBatch) -> str:
+    window = f"{batch.dim}[{batch.start}:{batch.stop}]" if batch.dim else "whole arrays"
+    return f"batch {batch.index} {window}: {len(batch.writes)} arrays, {batch.chunks} chunks"
 
 
 def _as_dataset(obj: xr.DataArray) -> xr.Dataset:

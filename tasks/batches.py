@@ -1,0 +1,142 @@
+"""The lazy write split into batches that can run, fail and be resumed one by one.
+
+A batch is a window along one dimension (usually time) whose edges fall on the zarr
+chunk boundaries of every array it writes, so no chunk belongs to two batches. Each
+batch is written into its own copy of the run's fork and returns the changes as a
+ForkSession: a few KB that can be persisted, sent between processes and merged.
+
+A batch fork must be merged only into a session that descends from the very fork it
+was copied from. Merged into a session whose arrays were re-created (even
+identically), icechunk keeps the new, empty arrays and drops the batch's chunks
+without an error; the run therefore persists its prepared fork and reuses it on
+resume rather than preparing again.
+"""
+
+from __future__ import annotations
+
+import math
+import pickle
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import icechunk.dask
+import xarray as xr
+import zarr
+
+from tasks.encoding import encode_for_store
+from tasks.plan import ArrayWrite
+from tasks.stored import array_path
+
+if TYPE_CHECKING:
+    from icechunk.session import ForkSession
+
+    from tasks.chunking import Region
+
+
+@dataclass(frozen=True)
+class LazyBatch:
+    """The dask writes of one window ``[start, stop)`` along ``dim``."""
+
+    index: int
+    group: str | None
+    dim: str | None
+    start: int
+    stop: int
+    writes: tuple[ArrayWrite, ...]
+    chunks: int
+
+    @property
+    def names(self) -> list[str]:
+        return [w.name for w in self.writes]
+
+
+def split_into_batches(
+    writes: list[ArrayWrite],
+    group: str | None,
+    chunks_of: dict[str, tuple[int, ...]],
+    dim: str | None,
+    target_batches: int = 1,
+) -> list[LazyBatch]:
+    """Cut the lazy writes into about ``target_batches`` chunk-aligned windows along ``dim``."""
+    lazy = [w for w in writes if w.lazy]
+    if not lazy:
+        return []
+    along = [w for w in lazy if dim is not None and dim in w.variable.dims]
+    whole = [w for w in lazy if w not in along]
+    if not along or target_batches <= 1:
+        return [_batch(0, group, None, 0, 0, lazy, chunks_of)]
+    assert dim is not None
+    axis_of = {w.name: w.variable.dims.index(dim) for w in along}
+    step_unit = math.lcm(*(chunks_of[w.name][axis_of[w.name]] for w in along))
+    lo = min(w.region[axis_of[w.name]].start for w in along)
+    hi = max(w.region[axis_of[w.name]].stop for w in along)
+    step = max(1, math.ceil((hi - lo) / target_batches / step_unit)) * step_unit
+    batches = []
+    edge = (lo // step) * step
+    while edge < hi:
+        window = (max(edge, lo), min(edge + step, hi))
+        pieces = [p for w in along if (p := _clip(w, axis_of[w.name], *window)) is not None]
+        if not batches:
+            pieces += whole  # arrays without the batch dimension go with the first batch
+        batches.append(_batch(len(batches), group, dim, *window, pieces, chunks_of))
+        edge += step
+    return batches
+
+
+def _clip(write: ArrayWrite, axis: int, start: int, stop: int) -> ArrayWrite | None:
+    region = write.region[axis]
+    lo, hi = max(region.start, start), min(region.stop, stop)
+    if lo >= hi:
+        return None
+    dim = write.variable.dims[axis]
+    piece = write.variable.isel({dim: slice(lo - region.start, hi - region.start)})
+    new_region: Region = tuple(
+        slice(lo, hi) if i == axis else s for i, s in enumerate(write.region)
+    )
+    return ArrayWrite(write.name, piece, new_region, lazy=True)
+
+
+def _batch(
+    index: int,
+    group: str | None,
+    dim: str | None,
+    start: int,
+    stop: int,
+    writes: list[ArrayWrite],
+    chunks_of: dict[str, tuple[int, ...]],
+) -> LazyBatch:
+    from tasks.chunking import chunks_touched
+
+    n_chunks = sum(
+        chunks_touched(w.region, [s.stop for s in w.region], chunks_of[w.name]) for w in writes
+    )
+    return LazyBatch(index, group, dim, start, stop, tuple(writes), n_chunks)
+
+
+def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = None) -> ForkSession:
+    """Write one batch into a copy of ``fork`` on the current dask scheduler.
+
+    Returns the merged changes of the dask workers, which include the fork's own
+    (metadata and eager values), so any set of batch results merges into one session.
+    """
+    copy: ForkSession = pickle.loads(pickle.dumps(fork))
+    if not batch.writes:
+        return copy
+    encodings = stored_encodings(copy.store, batch.group)
+    sources = [encode_for_store(w.variable, encodings[w.name], w.name).data for w in batch.writes]
+    targets = [
+        zarr.open_array(copy.store, path=array_path(batch.group, w.name), mode="r+")
+        for w in batch.writes
+    ]
+    return icechunk.dask.store_dask(
+        sources=sources,
+        targets=targets,
+        regions=[w.region for w in batch.writes],
+        split_every=split_every,
+    )
+
+
+def stored_encodings(store: Any, group: str | None) -> dict[str, dict[str, Any]]:
+    """The encoding of every array of the group, as xarray reads it back."""
+    stored = xr.open_zarr(store, group=group, consolidated=False, chunks=None, zarr_format=3)
+    return {str(name): dict(var.encoding) for name, var in stored.variables.items()}

@@ -1,0 +1,171 @@
+"""Counting dask tasks as they finish, on a distributed cluster or the threaded scheduler.
+
+The writer computes inside ``icechunk.dask.store_dask``, so icefloe never holds the futures
+of a lazy write. Instead, ``counting_scheduler`` installs a dask scheduler function that
+counts the tasks of every computation it runs: on a distributed client it subscribes to the
+scheduler's own progress plugin (what ``distributed.progress`` uses), on threads it is a dask
+callback. Counts land in a ``TaskCount``; whoever reports them (a Prefect artifact, a log
+line, a progress bar) reads it from its own thread, so nothing slow ever runs on the client's
+event loop or inside a dask callback. No Prefect here: this is part of the writer library.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import logging
+import threading
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import dask
+from dask.callbacks import Callback
+from distributed import Client
+from distributed.client import futures_of
+from distributed.diagnostics.progressbar import ProgressBar
+
+__all__ = ["ProgressHook", "TaskCount", "counting_scheduler", "progress_hooks", "watch_progress"]
+
+log = logging.getLogger(__name__)
+
+ProgressHook = Callable[[int, int], None]
+"""Called with (finished dask tasks, all dask tasks) of the lazy write so far."""
+
+# How long to wait, after a computation ended, for the scheduler's last progress message.
+_LISTENER_GRACE_SECONDS = 5.0
+
+_hooks: list[ProgressHook] = []
+_hooks_lock = threading.Lock()
+
+
+@contextmanager
+def watch_progress(hook: ProgressHook) -> Iterator[None]:
+    """Call ``hook(done, total)`` while lazy writes in this process run inside the block.
+
+    Process-wide rather than a context variable: Prefect may run a flow or task in another
+    thread than the caller's, and a CLI progress bar must still see it.
+    """
+    with _hooks_lock:
+        _hooks.append(hook)
+    try:
+        yield
+    finally:
+        with _hooks_lock:
+            _hooks.remove(hook)
+
+
+def progress_hooks() -> list[ProgressHook]:
+    """The hooks registered with ``watch_progress`` now."""
+    with _hooks_lock:
+        return list(_hooks)
+
+
+class TaskCount:
+    """Finished and total dask tasks, summed over the computations of one phase; thread-safe."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._closed_done = 0
+        self._closed_total = 0
+        self._done = 0
+        self._total = 0
+
+    def update(self, done: int, total: int) -> None:
+        with self._lock:
+            self._done, self._total = done, max(total, done)
+
+    def close_computation(self) -> None:
+        """The current computation ended: keep its counts and start the next one from zero."""
+        with self._lock:
+            self._closed_done += self._done
+            self._closed_total += self._total
+            self._done = self._total = 0
+
+    def snapshot(self) -> tuple[int, int]:
+        with self._lock:
+            return self._closed_done + self._done, self._closed_total + self._total
+
+
+@contextmanager
+def counting_scheduler(client: Client | None, count: TaskCount) -> Iterator[None]:
+    """Run dask computations in the block on ``client`` (threads when None), counting tasks.
+
+    The scheduler is set through ``dask.config`` because the computation starts deep inside
+    icechunk; a distributed client that is not the global default is only used when named.
+    """
+    if client is None:
+        with dask.config.set(scheduler="threads"), _ThreadedCount(count):
+            yield
+    else:
+        with dask.config.set(scheduler=_DistributedCountingGet(client, count)):
+            yield
+
+
+class _ThreadedCount(Callback):  # type: ignore[misc]
+    """A local-scheduler callback; the counts are the ones dask.diagnostics.ProgressBar uses."""
+
+    def __init__(self, count: TaskCount) -> None:
+        super().__init__()
+        self._count = count
+
+    def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
+        self._post(state)
+
+    def _posttask(self, key: Any, result: Any, dsk: Any, state: dict[str, Any], id: Any) -> None:
+        self._post(state)
+
+    def _finish(self, dsk: Any, state: dict[str, Any], errored: bool) -> None:
+        self._count.close_computation()
+
+    def _post(self, state: dict[str, Any]) -> None:
+        done = len(state["finished"])
+        pending = sum(len(state[k]) for k in ("ready", "waiting", "running"))
+        self._count.update(done, done + pending)
+
+
+class _SchedulerFeed(ProgressBar):  # type: ignore[misc]
+    """distributed's progress-bar plumbing with the drawing replaced by counting."""
+
+    def __init__(self, futures: list[Any], client: Client, count: TaskCount) -> None:
+        super().__init__(futures, scheduler=client.scheduler.address, interval="250ms")
+        self._count = count
+
+    def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
+        self._count.update(all - remaining, all)
+
+
+class _DistributedCountingGet:
+    """A dask scheduler function: ``client.get`` with the graph's progress fed to a count."""
+
+    def __init__(self, client: Client, count: TaskCount) -> None:
+        self._client = client
+        self._count = count
+
+    def __call__(self, dsk: Any, keys: Any, **kwargs: Any) -> Any:
+        client = self._client
+        packed = client.get(dsk, keys, sync=False, **kwargs)
+        futures = futures_of(packed)
+        # The futures keep the output keys alive until the listener has seen the end; a
+        # progress plugin set up on released keys would wait for them forever.
+        listener = asyncio.run_coroutine_threadsafe(
+            _SchedulerFeed(futures, client, self._count).listen(), client.loop.asyncio_loop
+        )
+        try:
+            return client.gather(packed)
+        finally:
+            _wait_for_listener(listener)
+            for future in futures:
+                future.release()
+            self._count.close_computation()
+
+
+def _wait_for_listener(listener: concurrent.futures.Future[Any]) -> None:
+    # Progress is a nicety: a listener that fails or lags must not fail or stall the write.
+    try:
+        listener.result(timeout=_LISTENER_GRACE_SECONDS)
+    except concurrent.futures.TimeoutError:
+        listener.cancel()
+        log.debug("dask progress listener did not finish in time; counts may be short")
+    except Exception:
+        log.debug("dask progress listener failed", exc_info=True)

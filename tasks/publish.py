@@ -1,0 +1,107 @@
+"""Publishing a run's forks onto a branch with exactly one commit, or not at all.
+
+The forks of a run descend from the snapshot the run started at (its base). They are
+merged into a session at that base — never into a session at a newer tip, where
+icechunk's merge would silently overwrite chunks the newer commits wrote. When the
+branch moved meanwhile, the merged session is committed onto a work branch reset to
+the new tip, so icechunk's rebase checks every change against those commits, and the
+target then moves with a compare-and-swap.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import icechunk
+
+from tasks.commit import commit_session
+from tasks.errors import CommitConflictError, VerificationError
+
+if TYPE_CHECKING:
+    from icechunk.session import ForkSession
+
+log = logging.getLogger(__name__)
+
+Audit = Callable[[str], None]
+
+
+def publish(
+    repo: icechunk.Repository,
+    branch: str,
+    base_snapshot: str,
+    changes: Sequence[ForkSession],
+    message: str,
+    metadata: dict[str, Any] | None = None,
+    *,
+    staging_branch: str | None = None,
+    audit: Audit | None = None,
+    attempts: int = 5,
+) -> str:
+    """Merge ``changes`` (forks of ``base_snapshot``) and move ``branch`` to one new commit.
+
+    With ``staging_branch`` the commit lands there first, ``audit(snapshot_id)`` checks
+    it (raising to stop the publish; the staging branch is then kept for inspection),
+    and the target moves only if it still points where the commit was built on.
+    Returns the snapshot id now at the tip of ``branch``.
+    """
+    if staging_branch is None and repo.lookup_branch(branch) == base_snapshot:
+        session = repo.writable_session(branch)
+        if session.snapshot_id == base_snapshot:
+            session.merge(*changes)
+            return commit_session(session, message, metadata)
+    work = staging_branch or f"icefloe/rebase-{uuid.uuid4().hex[:12]}"
+    keep_work = False
+    try:
+        for attempt in range(1, attempts + 1):
+            tip = repo.lookup_branch(branch)
+            snapshot = _commit_on(repo, work, base_snapshot, tip, changes, message, metadata)
+            if audit is not None:
+                try:
+                    audit(snapshot)
+                except VerificationError as err:
+                    keep_work = staging_branch is not None
+                    raise VerificationError(
+                        [
+                            *err.problems,
+                            f"the audited commit {snapshot} is kept on branch {work!r}",
+                        ],
+                        group=err.group,
+                    ) from err
+            try:
+                repo.reset_branch(branch, snapshot, from_snapshot_id=tip)
+                return snapshot
+            except icechunk.IcechunkError as err:
+                log.info("branch %r moved during publish (try %d): %s", branch, attempt, err)
+        raise CommitConflictError(
+            f"branch {branch!r} kept moving during {attempts} publish attempts; nothing was "
+            "published — retry later or serialize the writers"
+        )
+    finally:
+        if not keep_work and work in repo.list_branches():
+            repo.delete_branch(work)
+
+
+def _commit_on(
+    repo: icechunk.Repository,
+    work: str,
+    base: str,
+    tip: str,
+    changes: Sequence[ForkSession],
+    message: str,
+    metadata: dict[str, Any] | None,
+) -> str:
+    """One commit on ``work`` holding ``changes``, rebased onto ``tip`` with conflict detection."""
+    if work in repo.list_branches():
+        repo.reset_branch(work, base)
+    else:
+        repo.create_branch(work, base)
+    session = repo.writable_session(work)
+    session.merge(*changes)
+    if tip != base:
+        # the session stays at base; committing after the branch jumps to tip makes
+        # icechunk rebase it, detecting every chunk or metadata change both touched
+        repo.reset_branch(work, tip)
+    return commit_session(session, message, metadata)
