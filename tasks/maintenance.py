@@ -1,0 +1,75 @@
+"""Expiring old snapshots and collecting garbage without deleting an open run's chunks.
+
+Chunks are uploaded before their commit. A collection whose cutoff is younger than
+a run still in flight deletes that run's chunks; the run's later commit succeeds and
+the branch then points at missing objects (FIELD-NOTES). The cutoff is therefore
+checked against the oldest open run, with a margin, before anything is deleted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from dataclasses import dataclass
+
+import icechunk
+
+from tasks.errors import PlanError
+
+DEFAULT_MARGIN = dt.timedelta(hours=1)
+
+
+@dataclass(frozen=True)
+class MaintenanceSummary:
+    cutoff: dt.datetime
+    snapshots_expired: int
+    chunks_deleted: int
+    manifests_deleted: int
+    snapshots_deleted: int
+    bytes_deleted: int
+
+
+def check_cutoff(
+    older_than: dt.datetime,
+    oldest_open_run: dt.datetime | None,
+    *,
+    now: dt.datetime | None = None,
+    margin: dt.timedelta = DEFAULT_MARGIN,
+) -> dt.datetime:
+    """The cutoff as an aware UTC time, or PlanError if an open run could lose chunks."""
+    now = now or dt.datetime.now(dt.UTC)
+    cutoff = older_than if older_than.tzinfo else older_than.replace(tzinfo=dt.UTC)
+    youngest_allowed = min(now, oldest_open_run or now) - margin
+    if cutoff > youngest_allowed:
+        reason = (
+            f"the oldest open run started at {oldest_open_run.isoformat()}"
+            if oldest_open_run
+            else f"it is within {margin} of now"
+        )
+        raise PlanError(
+            f"older_than={cutoff.isoformat()} is too recent: {reason}, and collecting "
+            f"garbage younger than that would delete chunks a run has not committed yet; "
+            f"pass older_than <= {youngest_allowed.isoformat()}"
+        )
+    return cutoff
+
+
+def expire_and_collect(
+    repo: icechunk.Repository,
+    older_than: dt.datetime,
+    oldest_open_run: dt.datetime | None,
+    *,
+    margin: dt.timedelta = DEFAULT_MARGIN,
+    dry_run: bool = False,
+) -> MaintenanceSummary:
+    """Expire snapshots older than ``older_than`` and delete what no ref can reach."""
+    cutoff = check_cutoff(older_than, oldest_open_run, margin=margin)
+    expired = set() if dry_run else repo.expire_snapshots(cutoff)
+    summary = repo.garbage_collect(cutoff, dry_run=dry_run)
+    return MaintenanceSummary(
+        cutoff=cutoff,
+        snapshots_expired=len(expired),
+        chunks_deleted=summary.chunks_deleted,
+        manifests_deleted=summary.manifests_deleted,
+        snapshots_deleted=summary.snapshots_deleted,
+        bytes_deleted=summary.bytes_deleted,
+    )
