@@ -237,15 +237,24 @@ class XarrayDatasetWriter:
         dim = dim or planned.plan.append_dim or _first_dim(planned.writes)
         return split_into_batches(planned.writes, self._group, chunks, dim, target_batches)
 
-    def on_store(self, store: icechunk.IcechunkStore) -> XarrayDatasetWriter:
-        """This writer, with its plan and finished phases, continuing in another store.
+    def on_store(
+        self, store: icechunk.IcechunkStore, completed: Sequence[str] | None = None
+    ) -> XarrayDatasetWriter:
+        """This writer's plan, continuing in another store after the ``completed`` phases.
 
-        The store must descend from the one the phases ran in (a copy of its fork, or
-        a fork persisted after them), since the plan describes that store's state.
+        The store must hold the result of exactly those phases of this plan (a copy of
+        the fork they ran in, or that fork persisted and loaded again), so that a run
+        resumed in a new process continues where the old one stopped.
         """
+        self._require_plan()
+        done = list(self._done if completed is None else completed)
+        if done != list(PHASES[1 : len(done) + 1]):
+            raise PhaseOrderError(
+                f"completed phases {done} are not a prefix of {' → '.join(PHASES[1:])}"
+            )
         clone = dataclasses.replace(self, store=store)
         clone._planned = self._planned
-        clone._done = list(self._done)
+        clone._done = done
         return clone
 
     # -- internals ---------------------------------------------------------------------
@@ -282,7 +291,8 @@ class XarrayDatasetWriter:
         return self._planned
 
     def _require_plan(self) -> Planned:
-        assert self._planned is not None
+        if self._planned is None:
+            raise PhaseOrderError("call plan() (or write_metadata()) first")
         return self._planned
 
     def _enter(self, phase: str) -> None:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pickle
+
 import numpy as np
 import pytest
 import xarray as xr
@@ -103,3 +105,27 @@ def test_staged_publish_moves_the_target_and_removes_the_staging_branch(repo):
     assert tip(repo) == snapshot
     assert repo.list_branches() == {"main"}
     assert (read_back(repo, "g").tas[0:4] == 5.0).all()
+
+
+def test_a_run_resumes_from_its_persisted_fork_in_a_new_writer(repo, tmp_path):
+    full = lazy(cf_dataset(10), time_chunk=2)
+    write(repo, full.isel(time=slice(0, 4)), lambda w: w.for_create_or_overwrite(group="g"))
+    later = full.isel(time=slice(4, 10))
+    base = tip(repo)
+    fork = repo.writable_session("main").fork()
+    first = XarrayDatasetWriter(later, store=fork.store).for_append(group="g")
+    first.plan()
+    first.write_metadata()
+    first.write_eager()
+    saved_fork = pickle.dumps(fork)
+    saved_batch = pickle.dumps(write_batch(fork, first.lazy_batches(target_batches=3)[0]))
+    # the process died here; a new one plans the same request against the same base
+    fork = pickle.loads(saved_fork)
+    planner = XarrayDatasetWriter(later, store=repo.readonly_session(snapshot_id=base).store)
+    planner = planner.for_append(group="g")
+    planner.plan()
+    resumed = planner.on_store(fork.store, completed=["write_metadata", "write_eager"])
+    resumed.verify()
+    remaining = [write_batch(fork, b) for b in resumed.lazy_batches(target_batches=3)[1:]]
+    publish(repo, "main", base, [pickle.loads(saved_batch), *remaining], "resumed append")
+    xr.testing.assert_identical(read_back(repo, "g"), plain_xarray(full, tmp_path))
