@@ -37,7 +37,8 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect_dask import DaskTaskRunner
 
-from tasks.errors import CommitConflictError, IcefloeError
+from tasks.commit import commit_session
+from tasks.errors import IcefloeError
 from tasks.plan import WritePlan
 from tasks.progress import TaskCount, counting_scheduler, progress_hooks
 from tasks.writer import XarrayDatasetWriter
@@ -293,30 +294,14 @@ class _ProgressReporter:
 def commit(session: icechunk.Session, message: str, metadata: Mapping[str, Any]) -> str | None:
     """Commit the session with ``metadata`` under ``icefloe``; None when it changed nothing.
 
-    Rebases onto a branch that moved meanwhile when the changes do not conflict (e.g. two
-    region writes of disjoint chunks); a real conflict raises CommitConflictError.
+    Rebases onto commits that landed meanwhile when they do not conflict (e.g. region writes
+    of disjoint chunks); a real conflict raises CommitConflictError, which is not retried.
     """
     logger = _logger()
     if not session.has_uncommitted_changes:
         logger.info("commit: the session changed nothing; no commit")
         return None
     branch = session.branch  # a committed session no longer names its branch
-    try:
-        snapshot_id = session.commit(
-            message,
-            metadata={"icefloe": dict(metadata)},
-            rebase_with=icechunk.ConflictDetector(),
-        )
-    except icechunk.ConflictError as err:
-        raise CommitConflictError(
-            f"cannot commit to branch {branch!r}: it moved since this run started and "
-            f"the new commits conflict with this run's changes ({_first_line(err)}); nothing "
-            "was committed, re-run the flow against the new branch tip"
-        ) from err
+    snapshot_id = commit_session(session, message, {"icefloe": dict(metadata)})
     logger.info("commit: %s on branch %s", snapshot_id, branch)
     return snapshot_id
-
-
-def _first_line(err: BaseException) -> str:
-    lines = str(err).strip().splitlines()
-    return lines[0] if lines else type(err).__name__

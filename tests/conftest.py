@@ -56,3 +56,27 @@ def plain_xarray(ds: xr.Dataset, tmp_path: Path, name: str = "plain") -> xr.Data
 
 def tip(repo: icechunk.Repository, branch: str = "main") -> str:
     return repo.lookup_branch(branch)
+
+
+@pytest.fixture(scope="session")
+def prefect_harness(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """One temporary Prefect API for the whole session (about 11 s to start); yields its URL.
+
+    Results go to a temporary directory too: the harness isolates only the database, and
+    results persisted by one session would otherwise be found by the next.
+    """
+    from prefect.settings import (
+        PREFECT_API_URL,
+        PREFECT_LOCAL_STORAGE_PATH,
+        PREFECT_SERVER_ANALYTICS_ENABLED,
+        temporary_settings,
+    )
+    from prefect.testing.utilities import prefect_test_harness
+
+    settings = {
+        PREFECT_LOCAL_STORAGE_PATH: tmp_path_factory.mktemp("prefect-results"),
+        # The server's telemetry job races the tests for the SQLite lock and logs tracebacks.
+        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+    }
+    with temporary_settings(settings), prefect_test_harness():
+        yield str(PREFECT_API_URL.value())

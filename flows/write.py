@@ -1,0 +1,325 @@
+"""One Prefect flow per write mode: create, modify, append and region.
+
+Each flow only chooses the writer's mode; ``_write`` is the process they share:
+
+    open target → open source → plan → write_metadata → write_eager → verify → write_lazy
+    → commit → summary
+
+Nothing is visible on the branch before the commit, and a run that raises discards its
+session, so a failed run leaves the branch where it was. The lazy write runs on the flow's
+DaskTaskRunner (see flows.runner); everything else runs in the flow process.
+"""
+
+import json
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import icechunk
+import xarray as xr
+from prefect import flow, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.context import FlowRunContext
+from prefect.logging import get_run_logger
+
+from flows.metadata import commit_metadata, current_run
+from flows.results import WriteResult
+from flows.runner import scheduler_address as resolve_scheduler_address
+from flows.runner import task_runner
+from flows.sources import IcechunkSource, Source, SourceModel
+from flows.targets import Target, TargetError, TargetNotFoundError, safe_url
+from tasks import phases
+from tasks.plan import WritePlan, human_bytes
+from tasks.planner import OnOverlap, RegionSpec
+from tasks.writer import XarrayDatasetWriter
+
+__all__ = ["RegionParameter", "append_flow", "create_flow", "modify_flow", "region_flow"]
+
+Encoding = dict[str, dict[str, Any]]
+RegionParameter = Literal["auto"] | dict[str, tuple[int, int] | Literal["auto"]]
+"""A region as JSON can carry it: "auto", or per dimension [start, stop) or "auto"."""
+
+Choose = Callable[[XarrayDatasetWriter], XarrayDatasetWriter]
+
+
+@flow(name="icefloe-create", task_runner=task_runner())
+def create_flow(
+    target: Target,
+    source: Source,
+    group: str | None = None,
+    overwrite: bool = False,
+    encoding: Encoding | None = None,
+    dry_run: bool = False,
+    scheduler_address: str | None = None,
+) -> WriteResult:
+    """Create the group from the source (creating the repository if needed); ``overwrite``
+    replaces an existing group, otherwise an existing group is an error."""
+    return _write(
+        _Run(target, source, group, dry_run, scheduler_address, create_repository=True),
+        lambda writer: writer.for_create_or_overwrite(
+            group, mode="w" if overwrite else "w-", encoding=encoding
+        ),
+    )
+
+
+@flow(name="icefloe-modify", task_runner=task_runner())
+def modify_flow(
+    target: Target,
+    source: Source,
+    group: str | None = None,
+    only_new_vars: bool = False,
+    encoding: Encoding | None = None,
+    dry_run: bool = False,
+    scheduler_address: str | None = None,
+) -> WriteResult:
+    """Add the source's variables to the group and overwrite the ones it has (only the new
+    ones with ``only_new_vars``); attributes are merged."""
+
+    def choose(writer: XarrayDatasetWriter) -> XarrayDatasetWriter:
+        writer = writer.for_modify(group, encoding=encoding)
+        return writer.drop_existing_vars() if only_new_vars else writer
+
+    return _write(_Run(target, source, group, dry_run, scheduler_address), choose)
+
+
+@flow(name="icefloe-append", task_runner=task_runner())
+def append_flow(
+    target: Target,
+    source: Source,
+    append_dim: str,
+    group: str | None = None,
+    on_overlap: OnOverlap = "error",
+    dry_run: bool = False,
+    scheduler_address: str | None = None,
+) -> WriteResult:
+    """Extend the group along ``append_dim`` with the source's labels; ``on_overlap`` says
+    what labels already stored do: "error", "skip" (re-runs are no-ops) or "overwrite"."""
+    return _write(
+        _Run(target, source, group, dry_run, scheduler_address),
+        lambda writer: writer.for_append(group, append_dim=append_dim, on_overlap=on_overlap),
+    )
+
+
+@flow(name="icefloe-region", task_runner=task_runner())
+def region_flow(
+    target: Target,
+    source: Source,
+    region: RegionParameter = "auto",
+    group: str | None = None,
+    dry_run: bool = False,
+    scheduler_address: str | None = None,
+) -> WriteResult:
+    """Overwrite a region of the group's existing arrays with the source's values; "auto"
+    places it by the source's labels."""
+    return _write(
+        _Run(target, source, group, dry_run, scheduler_address),
+        lambda writer: writer.for_region(group, region=as_region_spec(region)),
+    )
+
+
+def as_region_spec(region: RegionParameter) -> RegionSpec:
+    """The writer's region (slices) from the JSON-friendly parameter (pairs)."""
+    if region == "auto":
+        return "auto"
+    return {
+        dim: "auto" if bounds == "auto" else slice(int(bounds[0]), int(bounds[1]))
+        for dim, bounds in region.items()
+    }
+
+
+# -- the process every flow runs ------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Run:
+    target: Target
+    source: SourceModel
+    group: str | None
+    dry_run: bool
+    scheduler_address: str | None
+    create_repository: bool = False
+
+
+def _write(run: _Run, choose: Choose) -> WriteResult:
+    logger = get_run_logger()
+    started = time.perf_counter()
+    repo = _open_repository(run)
+    dataset = open_source(run.source)
+    session = _session(repo, run)
+    try:
+        writer = choose(XarrayDatasetWriter(dataset, store=session.store))
+        plan = phases.plan(writer)
+        logger.info("plan for %s:\n%s", _where(run.target), plan)
+        if run.dry_run:
+            _publish_plan(plan, run)
+            return _result(run, plan, snapshot_id=None, skipped=False)
+        if plan.changes_nothing:
+            logger.info("nothing to write: the group already holds what the source has")
+            return _result(run, plan, snapshot_id=None, skipped=True)
+        phases.write_metadata(writer)
+        phases.write_eager(writer)
+        phases.verify(writer)
+        lazy = phases.write_lazy(writer, scheduler_address=_scheduler(run))
+        metadata = _metadata(plan, run)
+        snapshot_id = phases.commit(session, _message(plan), metadata)
+    except BaseException:
+        # The session may be half-written; dropping its changes makes sure nothing of this
+        # run can be committed by mistake later.
+        if not session.read_only:
+            session.discard_changes()
+        raise
+    _publish_summary(plan, run, metadata, snapshot_id, lazy, time.perf_counter() - started)
+    return _result(run, plan, snapshot_id=snapshot_id, skipped=snapshot_id is None)
+
+
+def _open_repository(run: _Run) -> icechunk.Repository:
+    credentials = load_credentials(run.target)
+    if run.dry_run:
+        try:
+            return run.target.open_repository(credentials=credentials)
+        except TargetNotFoundError:
+            if not run.create_repository:
+                raise
+            # Plan the creation against an empty repository, without creating the real one.
+            return icechunk.Repository.create(icechunk.in_memory_storage())
+    return run.target.open_repository(create=run.create_repository, credentials=credentials)
+
+
+def _session(repo: icechunk.Repository, run: _Run) -> icechunk.Session:
+    branch = run.target.branch
+    try:
+        # A dry run plans on a read-only session, so it cannot write even by mistake.
+        if run.dry_run:
+            return repo.readonly_session(branch=branch)
+        return repo.writable_session(branch)
+    except icechunk.IcechunkError as err:
+        if branch in repo.list_branches():
+            raise
+        raise TargetError(
+            f"branch {branch!r} does not exist in {_where(run.target)}: set Target.branch to "
+            f"one of {sorted(repo.list_branches())}, or create it first "
+            f"(repo.create_branch({branch!r}, repo.lookup_branch('main')))"
+        ) from err
+
+
+# Never persisted: the Dataset may hold large in-memory variables.
+@task(name="open_source", cache_policy=NO_CACHE, retries=0, persist_result=False)
+def open_source(source: SourceModel) -> xr.Dataset:
+    """The source's data, lazily (dask-backed where the source is)."""
+    if isinstance(source, IcechunkSource):
+        return source.open(credentials=load_credentials(source.target))
+    return source.open()
+
+
+def load_credentials(target: Target) -> dict[str, str] | None:
+    """The static credentials in ``target.credentials_secret_block``, or None (environment)."""
+    if not target.credentials_secret_block:
+        return None
+    from prefect.blocks.system import Secret
+
+    value = Secret.load(target.credentials_secret_block).get()
+    if isinstance(value, str):
+        value = json.loads(value)
+    if not isinstance(value, Mapping):
+        raise TargetError(
+            f"the Secret block {target.credentials_secret_block!r} does not hold a JSON object "
+            'of credentials: store e.g. {"access_key_id": ..., "secret_access_key": ...}'
+        )
+    return {str(k): str(v) for k, v in value.items()}
+
+
+def _scheduler(run: _Run) -> str | None:
+    return resolve_scheduler_address(run.scheduler_address)
+
+
+def _parameters() -> dict[str, Any]:
+    context = FlowRunContext.get()
+    return dict(context.parameters) if context is not None else {}
+
+
+def _metadata(plan: WritePlan, run: _Run) -> dict[str, Any]:
+    return commit_metadata(
+        plan=plan,
+        source=run.source,
+        target=run.target,
+        parameters=_parameters(),
+        run=current_run(),
+    )
+
+
+def _message(plan: WritePlan) -> str:
+    where = f"group {plan.group}" if plan.group else "root group"
+    what = f"{plan.mode} {where}: {len(plan.variables)} variables, {plan.chunks_written} chunks"
+    if plan.label_range is not None:
+        what += f", {plan.append_dim} {plan.label_range[0]} … {plan.label_range[1]}"
+    if plan.region is not None:
+        what += ", region " + ", ".join(f"{d}[{a}:{b}]" for d, (a, b) in plan.region.items())
+    return f"icefloe: {what}"
+
+
+def _where(target: Target) -> str:
+    # Not target.describe(): summaries and artifacts show no storage option values at all.
+    return f"{safe_url(target.repo)} (branch {target.branch})"
+
+
+def _result(run: _Run, plan: WritePlan, *, snapshot_id: str | None, skipped: bool) -> WriteResult:
+    result = WriteResult(
+        snapshot_id=snapshot_id,
+        branch=run.target.branch,
+        mode=plan.mode,
+        group=plan.group,
+        variables=plan.variables,
+        chunks_written=plan.chunks_written,
+        bytes_written=plan.bytes_written,
+        skipped=skipped,
+    )
+    result._plan = str(plan)
+    return result
+
+
+def _publish_plan(plan: WritePlan, run: _Run) -> None:
+    create_markdown_artifact(
+        markdown=f"# icefloe dry run: {plan.mode}\n\n{_where(run.target)}, nothing written.\n\n"
+        f"```\n{plan}\n```\n",
+        description=f"dry run plan for {_where(run.target)}",
+    )
+
+
+def _publish_summary(
+    plan: WritePlan,
+    run: _Run,
+    metadata: Mapping[str, Any],
+    snapshot_id: str | None,
+    lazy: phases.LazyWriteStats,
+    seconds: float,
+) -> None:
+    throughput = plan.bytes_written / seconds if seconds > 0 else 0.0
+    rows = [
+        ("target", _where(run.target)),
+        ("group", plan.group or "/"),
+        ("source", metadata["source"]),  # the redacted description
+        ("commit", snapshot_id or "none (nothing changed)"),
+        ("variables", ", ".join(plan.variables) or "-"),
+        ("chunks written", str(plan.chunks_written)),
+        ("bytes written", human_bytes(plan.bytes_written)),
+        ("dask tasks", f"{lazy.dask_tasks} on {lazy.scheduler}"),
+        ("duration", f"{seconds:.1f} s (lazy write {lazy.seconds:.1f} s)"),
+        ("throughput", f"{human_bytes(throughput)}/s"),
+    ]
+    table = "\n".join(f"| {key} | {value} |" for key, value in rows)
+    create_markdown_artifact(
+        markdown=f"# icefloe {plan.mode}\n\n| | |\n|---|---|\n{table}\n\n## Plan\n\n"
+        f"```\n{plan}\n```\n",
+        description=f"icefloe {plan.mode} of {_where(run.target)}",
+    )
+    get_run_logger().info(
+        "%s committed %s: %d chunks, %s in %.1f s (%s/s)",
+        plan.mode,
+        snapshot_id,
+        plan.chunks_written,
+        human_bytes(plan.bytes_written),
+        seconds,
+        human_bytes(throughput),
+    )

@@ -1,0 +1,136 @@
+"""The icefloe command: through typer's runner in this process, and once as a real program."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import icechunk
+import pytest
+import xarray as xr
+from typer.testing import CliRunner
+
+from flows.cli import app
+from flows.sources import SyntheticSource
+from tests.conftest import plain_xarray, read_back, tip
+from tests.flows.python_sources import GRID, synthetic
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+runner = CliRunner()
+
+
+def source_json(start: str = "2020-01-01", periods: int = 48) -> str:
+    return json.dumps({"kind": "synthetic", "start": start, "periods": periods, **GRID})
+
+
+def repository(path: Path) -> icechunk.Repository:
+    return icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+
+
+def test_help_lists_the_commands_of_this_stage() -> None:
+    result = runner.invoke(app, ["--help"])
+
+    assert result.exit_code == 0
+    for command in ("create", "modify", "append", "region", "log", "demo"):
+        assert command in result.output
+    for later in ("backfill", "serve", "coverage"):
+        assert later not in result.output
+
+
+def test_create_append_dry_run_and_log(tmp_path: Path, scheduler_address: str) -> None:
+    repo_path = tmp_path / "repo"
+    common = ["--target", str(repo_path), "--scheduler-address", scheduler_address]
+
+    created = runner.invoke(app, ["create", *common, "--source", source_json(periods=24)])
+    assert created.exit_code == 0, created.output
+    assert "Committed" in created.output
+
+    planned = runner.invoke(
+        app, ["append", *common, "--source", source_json("2020-01-02", 24), "--dry-run"]
+    )
+    assert planned.exit_code == 0, planned.output
+    assert "resize" in planned.output  # the plan table
+    before = tip(repository(repo_path))
+
+    appended = runner.invoke(app, ["append", *common, "--source", source_json("2020-01-02", 24)])
+    assert appended.exit_code == 0, appended.output
+    assert tip(repository(repo_path)) != before
+    xr.testing.assert_identical(
+        read_back(repository(repo_path)), plain_xarray(synthetic(), tmp_path)
+    )
+
+    history = runner.invoke(app, ["log", "--target", str(repo_path)])
+    assert history.exit_code == 0, history.output
+    assert "append" in history.output
+    assert "create" in history.output
+
+
+def test_region_takes_json(tmp_path: Path, scheduler_address: str) -> None:
+    repo_path = tmp_path / "repo"
+    common = ["--target", str(repo_path), "--scheduler-address", scheduler_address]
+    assert runner.invoke(app, ["create", *common, "--source", source_json()]).exit_code == 0
+    window = json.dumps(
+        {
+            "kind": "python",
+            "function": "tests.flows.python_sources:scaled",
+            "kwargs": {"start": "2020-01-01T12:00", "periods": 12},
+        }
+    )
+
+    result = runner.invoke(
+        app, ["region", *common, "--source", window, "--region", '{"time": [12, 24]}']
+    )
+
+    assert result.exit_code == 0, result.output
+    stored = read_back(repository(repo_path))
+    xr.testing.assert_identical(
+        stored["air_temperature"].isel(time=slice(12, 24)),
+        (synthetic()["air_temperature"].isel(time=slice(12, 24)) * 2).assign_attrs(
+            stored["air_temperature"].attrs
+        ),
+    )
+
+
+def test_errors_are_reported_without_a_traceback(tmp_path: Path, scheduler_address: str) -> None:
+    repo_path = tmp_path / "repo"
+    common = ["--target", str(repo_path), "--scheduler-address", scheduler_address]
+    assert (
+        runner.invoke(app, ["create", *common, "--source", source_json(periods=24)]).exit_code == 0
+    )
+
+    again = runner.invoke(app, ["create", *common, "--source", source_json(periods=24)])
+
+    assert again.exit_code == 1
+    assert "error:" in again.output
+    assert "Traceback" not in again.output
+
+
+def test_demo_as_a_program(tmp_path: Path, prefect_harness: str) -> None:
+    """The installed console script, with its default local cluster, in a fresh directory."""
+    program = Path(sys.executable).with_name("icefloe")
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": prefect_harness,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    }
+    env.pop("ICEFLOE_SCHEDULER_ADDRESS", None)
+
+    done = subprocess.run(
+        [str(program), "demo", "--days", "2"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+
+    assert done.returncode == 0, done.stdout + done.stderr
+    demo = tmp_path / "icefloe-demo"
+    assert str(demo) in done.stdout
+    assert "xr.open_zarr" in done.stdout
+    expected = SyntheticSource(periods=48).open()
+    xr.testing.assert_identical(read_back(repository(demo)), plain_xarray(expected, tmp_path))

@@ -1,0 +1,232 @@
+"""The Prefect tasks around the writer's phases: retries, where write_lazy computes, progress,
+and commit."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import Any
+
+import dask.array as da
+import icechunk
+import numpy as np
+import pytest
+import xarray as xr
+import zarr
+from distributed import Client, LocalCluster
+from prefect import flow
+from prefect.cache_policies import NO_CACHE
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
+from prefect.states import Failed
+from prefect_dask import DaskTaskRunner
+
+import tasks.writer
+from tasks import phases
+from tasks.errors import (
+    ChunkConflictError,
+    CommitConflictError,
+    IcefloeError,
+    PlanError,
+    VerificationError,
+)
+from tasks.progress import watch_progress
+from tasks.writer import XarrayDatasetWriter
+from tests.conftest import read_back, tip
+
+pytestmark = pytest.mark.usefixtures("prefect_harness")
+
+
+def _block_pid(block: np.ndarray) -> np.ndarray:
+    # Each value records the process that computed it: the test process, or a worker.
+    return np.full(block.shape, os.getpid(), dtype=np.int64)
+
+
+def pid_dataset(n: int = 8) -> xr.Dataset:
+    data = da.map_blocks(_block_pid, da.zeros((n, 3), chunks=(2, 3), dtype=np.int64))
+    return xr.Dataset({"pid": (("time", "x"), data)}, coords={"time": np.arange(n)})
+
+
+def prepared_writer(
+    repo: icechunk.Repository, ds: xr.Dataset
+) -> tuple[icechunk.Session, XarrayDatasetWriter]:
+    """A writer that has run every phase up to write_lazy."""
+    session = repo.writable_session("main")
+    writer = XarrayDatasetWriter(ds, store=session.store).for_create_or_overwrite()
+    writer.write_metadata()
+    writer.write_eager()
+    writer.verify()
+    return session, writer
+
+
+def on_cluster(address: str, body: Callable[[], Any]) -> Any:
+    """Runs ``body`` inside a flow whose DaskTaskRunner is the cluster at ``address``."""
+
+    @flow(task_runner=DaskTaskRunner(address=address))
+    def run() -> Any:
+        return body()
+
+    return run()
+
+
+# -- retries ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        ConnectionError("reset by peer"),
+        TimeoutError("read timed out"),
+        icechunk.StorageError("503 slow down"),
+    ],
+)
+def test_storage_and_network_errors_are_retried(error: BaseException) -> None:
+    assert phases.is_transient(error)
+    assert phases.retry_transient(phases.write_lazy, None, Failed(data=error))  # type: ignore[arg-type]
+
+    wrapped = RuntimeError("a dask task failed")
+    wrapped.__cause__ = error
+    assert phases.is_transient(wrapped)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        PlanError("schema drift", group="g"),
+        VerificationError(["time differs"]),
+        ChunkConflictError("two blocks share a chunk"),
+        CommitConflictError("branch moved"),
+        ValueError("bad data"),
+        RuntimeError("source failed"),
+    ],
+)
+def test_icefloe_and_other_errors_are_not_retried(error: BaseException) -> None:
+    assert not phases.is_transient(error)
+    assert not phases.retry_transient(phases.commit, None, Failed(data=error))  # type: ignore[arg-type]
+
+
+def test_icefloe_error_wins_over_a_transient_cause() -> None:
+    error = IcefloeError("verification could not read the store")
+    error.__cause__ = ConnectionError()
+    assert not phases.is_transient(error)
+
+
+def test_only_lazy_write_and_commit_retry_and_nothing_is_cached() -> None:
+    for task in (phases.plan, phases.write_metadata, phases.write_eager, phases.verify):
+        assert task.retries == 0, task.name
+        assert task.cache_policy is NO_CACHE, task.name
+    for task in (phases.write_lazy, phases.commit):
+        assert (task.retries or 0) > 0, task.name
+        assert task.retry_condition_fn is phases.retry_transient, task.name
+        assert task.cache_policy is NO_CACHE, task.name
+
+
+# -- where write_lazy computes, and its progress ---------------------------------------------
+
+
+def test_write_lazy_runs_on_the_flow_task_runner_cluster(
+    repo: icechunk.Repository, local_cluster: LocalCluster
+) -> None:
+    session, writer = prepared_writer(repo, pid_dataset())
+    calls: list[tuple[int, int]] = []
+
+    def body() -> phases.LazyWriteStats:
+        with watch_progress(lambda done, total: calls.append((done, total))):
+            stats = phases.write_lazy(writer, report_every=0.05)
+        phases.commit(session, "pids", {"mode": "create"})
+        return stats
+
+    stats = on_cluster(local_cluster.scheduler_address, body)
+
+    pids = set(np.unique(read_back(repo)["pid"].values))
+    with Client(local_cluster, set_as_default=False) as client:
+        workers = set(client.run(os.getpid).values())
+    assert pids
+    assert pids <= workers
+    assert os.getpid() not in pids
+    assert stats.scheduler == local_cluster.scheduler_address
+    assert stats.dask_tasks > 0
+    assert calls[-1] == (stats.dask_tasks, stats.dask_tasks)
+    assert _latest_progress_artifact() == 100
+
+
+def test_write_lazy_outside_a_dask_flow_computes_on_threads(repo: icechunk.Repository) -> None:
+    session, writer = prepared_writer(repo, pid_dataset())
+
+    stats = phases.write_lazy.fn(writer)
+    session.commit("pids")
+
+    assert stats.scheduler == "threads"
+    assert set(np.unique(read_back(repo)["pid"].values)) == {os.getpid()}
+
+
+def test_write_lazy_retries_a_transient_error(
+    repo: icechunk.Repository, local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    ds = pid_dataset()
+    session, writer = prepared_writer(repo, ds)
+    attempts: list[int] = []
+    write_batch = tasks.writer.write_batch
+
+    def flaky(*args: Any, **kwargs: Any) -> Any:
+        attempts.append(1)
+        if len(attempts) == 1:
+            raise icechunk.StorageError("connection reset while uploading a chunk")
+        return write_batch(*args, **kwargs)
+
+    monkeypatch.setattr(tasks.writer, "write_batch", flaky)
+    write_lazy = phases.write_lazy.with_options(retry_delay_seconds=0)
+
+    def body() -> None:
+        write_lazy(writer)
+        phases.commit(session, "after a retry", {"mode": "create"})
+
+    on_cluster(local_cluster.scheduler_address, body)
+
+    assert len(attempts) == 2
+    assert read_back(repo).sizes == {"time": 8, "x": 3}
+
+
+def _latest_progress_artifact() -> float:
+    with get_client(sync_client=True) as client:
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(type=ArtifactFilterType(any_=["progress"])),
+            limit=1,
+            sort="CREATED_DESC",
+        )
+    assert artifacts
+    return float(artifacts[0].data)  # type: ignore[arg-type]
+
+
+# -- commit -----------------------------------------------------------------------------------
+
+
+def test_commit_without_changes_returns_none(repo: icechunk.Repository) -> None:
+    before = tip(repo)
+    assert phases.commit.fn(repo.writable_session("main"), "nothing", {"mode": "modify"}) is None
+    assert tip(repo) == before
+
+
+def test_commit_stores_the_metadata_under_icefloe(repo: icechunk.Repository) -> None:
+    session = repo.writable_session("main")
+    zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="f4")
+
+    snapshot_id = phases.commit.fn(session, "created a", {"mode": "create", "variables": ["a"]})
+
+    assert snapshot_id == tip(repo)
+    info = next(iter(repo.ancestry(branch="main")))
+    assert info.message == "created a"
+    assert info.metadata["icefloe"] == {"mode": "create", "variables": ["a"]}
+
+
+def test_commit_conflict_raises_commit_conflict_error(repo: icechunk.Repository) -> None:
+    setup = repo.writable_session("main")
+    zarr.create_array(setup.store, name="a", shape=(4,), chunks=(2,), dtype="f4", fill_value=0)
+    setup.commit("array")
+    first, second = repo.writable_session("main"), repo.writable_session("main")
+    zarr.open_array(first.store, path="a", mode="r+")[:2] = 1
+    zarr.open_array(second.store, path="a", mode="r+")[:2] = 2
+    first.commit("first")
+
+    with pytest.raises(CommitConflictError, match="changed the same data"):
+        phases.commit.fn(second, "second", {"mode": "region"})
