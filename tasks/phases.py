@@ -163,7 +163,6 @@ def write_lazy(
     scheduler. Progress goes to a Prefect progress artifact, the log (every quarter) and the
     hooks registered with ``tasks.progress.watch_progress``, every ``report_every`` seconds.
     """
-    _rearm_after_failed_attempt(writer)
     logger = _logger()
     count = TaskCount()
     started = time.perf_counter()
@@ -176,18 +175,6 @@ def write_lazy(
     done, _ = count.snapshot()
     logger.info("write_lazy: %d dask tasks finished in %.1f s", done, seconds)
     return LazyWriteStats(dask_tasks=done, seconds=seconds, scheduler=where)
-
-
-def _rearm_after_failed_attempt(writer: XarrayDatasetWriter) -> None:
-    # The writer records a phase as done when it starts it, so after a failed attempt it
-    # would refuse a second write_lazy. Retrying is safe (the failed fork was never merged),
-    # so on a Prefect retry, and only then, forget the failed start.
-    context = TaskRunContext.get()
-    if context is None or context.task_run.run_count <= 1:
-        return
-    done = writer._done
-    if done and done[-1] == "write_lazy":
-        done.pop()
 
 
 @contextmanager

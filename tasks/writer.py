@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-from collections.abc import Hashable, Mapping, MutableMapping, Sequence
+from collections.abc import Callable, Hashable, Mapping, MutableMapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -79,6 +79,7 @@ class XarrayDatasetWriter:
     request: _Request | None = field(default=None, kw_only=True)
     _planned: Planned | None = field(default=None, init=False, repr=False)
     _done: list[str] = field(default_factory=list, init=False, repr=False)
+    _broken: str | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         if isinstance(self.dataset, xr.DataArray):
@@ -164,8 +165,28 @@ class XarrayDatasetWriter:
 
     def write_metadata(self) -> None:
         """Delete replaced arrays, create new ones, resize appended ones, set attributes."""
-        planned = self._planned if self._planned else self._plan_for_write()
-        self._enter("write_metadata")
+        if self._planned is None:
+            self.plan()
+        self._run_phase("write_metadata", self._write_metadata)
+
+    def write_eager(self) -> None:
+        """Write every in-memory variable into its region."""
+        self._run_phase("write_eager", self._write_eager)
+
+    def verify(self) -> None:
+        """Check the session against the plan; raises VerificationError listing every problem."""
+        self._run_phase("verify", self._verify)
+
+    def write_lazy(self) -> None:
+        """Write the dask-backed variables on the current dask scheduler and merge the result.
+
+        May be called again after it raised: each batch is merged only once it succeeded,
+        and a batch written twice writes the same values.
+        """
+        self._run_phase("write_lazy", self._write_lazy)
+
+    def _write_metadata(self) -> None:
+        planned = self._require_plan()
         group, steps = self._group, planned.steps
         if steps.delete:
             zgroup = zarr.open_group(self.store, path=group or "", mode="r+")
@@ -195,9 +216,7 @@ class XarrayDatasetWriter:
             len(planned.plan.attrs_changed),
         )
 
-    def write_eager(self) -> None:
-        """Write every in-memory variable into its region."""
-        self._enter("write_eager")
+    def _write_eager(self) -> None:
         writes = [w for w in self._require_plan().writes if not w.lazy]
         encodings = self._stored_encodings()
         for write in writes:
@@ -208,15 +227,10 @@ class XarrayDatasetWriter:
             target[write.region] = np.asarray(encoded.values)
         log.info("write_eager: %d variables written", len(writes))
 
-    def verify(self) -> None:
-        """Check the session against the plan; raises VerificationError listing every problem."""
-        self._enter("verify")
-        planned = self._require_plan()
-        verify_store(self.store, planned, self.dataset)
+    def _verify(self) -> None:
+        verify_store(self.store, self._require_plan(), self.dataset)
 
-    def write_lazy(self) -> None:
-        """Write the dask-backed variables on the current dask scheduler and merge the result."""
-        self._enter("write_lazy")
+    def _write_lazy(self) -> None:
         batches = self.lazy_batches()
         if not batches:
             log.info("write_lazy: no dask-backed variables")
@@ -295,15 +309,28 @@ class XarrayDatasetWriter:
             raise PhaseOrderError("call plan() (or write_metadata()) first")
         return self._planned
 
-    def _enter(self, phase: str) -> None:
+    def _run_phase(self, phase: str, body: Callable[[], None]) -> None:
+        if self._broken:
+            raise PhaseOrderError(
+                f"{self._broken}() failed earlier and may have left the session half-written; "
+                "discard the session (session.discard_changes()) and start a new writer"
+            )
         expected = PHASES[PHASES.index(phase) - 1]
-        previous = self._done[-1] if self._done else ("plan" if self._planned else None)
-        if previous != expected and not (phase == "write_metadata" and previous == "plan"):
+        previous = self._done[-1] if self._done else "plan"
+        if previous != expected:
             raise PhaseOrderError(
                 f"{phase}() must follow {expected}(); phases run in the order "
                 f"{' → '.join(PHASES)} and this writer has run "
                 f"{', '.join(self._done) if self._done else 'none yet'}"
             )
+        try:
+            body()
+        except BaseException:
+            # verify writes nothing and write_lazy merges only what succeeded: both may
+            # run again; a failed metadata or eager write leaves partial changes behind
+            if phase in ("write_metadata", "write_eager"):
+                self._broken = phase
+            raise
         self._done.append(phase)
 
     def _stored_encodings(self) -> dict[str, dict[str, Any]]:

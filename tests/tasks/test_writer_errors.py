@@ -224,3 +224,39 @@ def test_drop_existing_vars_needs_for_modify(repo):
     writer = XarrayDatasetWriter(cf_dataset(2), store=repo.writable_session("main").store)
     with pytest.raises(PhaseOrderError, match="for_modify"):
         writer.for_append(group="g").drop_existing_vars()
+
+
+def test_write_lazy_runs_again_after_a_failure_and_lands_once(repo, tmp_path):
+    from tests.conftest import plain_xarray, read_back
+
+    ds = lazy(cf_dataset(6), time_chunk=2)
+    failures = iter([True])
+
+    def flaky(block):
+        if block.size and next(failures, False):
+            raise OSError("storage hiccup")
+        return block
+
+    flaky_ds = ds.copy()
+    flaky_ds["tas"] = ds.tas.copy(data=ds.tas.data.map_blocks(flaky, dtype=ds.tas.dtype))
+    session = repo.writable_session("main")
+    writer = XarrayDatasetWriter(flaky_ds, store=session.store).for_create_or_overwrite(group="g")
+    writer.write_metadata()
+    writer.write_eager()
+    writer.verify()
+    with pytest.raises(OSError, match="hiccup"):
+        writer.write_lazy()
+    writer.write_lazy()
+    session.commit("after one retry")
+    xr.testing.assert_identical(read_back(repo, "g"), plain_xarray(ds, tmp_path))
+
+
+def test_a_failed_metadata_write_poisons_the_writer(repo):
+    session = repo.writable_session("main")
+    writer = XarrayDatasetWriter(cf_dataset(2), store=session.store).for_create_or_overwrite(
+        group="g", encoding={"tas": {"compressors": "not-a-codec"}}
+    )
+    with pytest.raises(TypeError, match=r"(?i)codec"):
+        writer.write_metadata()
+    with pytest.raises(PhaseOrderError, match="discard the session"):
+        writer.write_eager()
