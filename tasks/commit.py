@@ -21,15 +21,17 @@ from tasks.errors import CommitConflictError
 log = logging.getLogger(__name__)
 
 
-def describe_conflicts(error: icechunk.RebaseFailedError) -> list[str]:
-    described = []
+def describe_conflicts(error: icechunk.RebaseFailedError) -> tuple[list[str], bool]:
+    """The conflicts as text, and whether any is a chunk both commits wrote."""
+    described, overlapping = [], False
     for conflict in getattr(error, "conflicts", None) or []:
         chunks = conflict.conflicted_chunks
         where = (
             f" chunks {chunks[:8]}{' …' if chunks and len(chunks) > 8 else ''}" if chunks else ""
         )
-        described.append(f"{conflict.path}: {str(conflict.conflict_type).split('.')[-1]}{where}")
-    return described
+        described.append(f"{conflict.path}: {conflict.conflict_type}{where}")
+        overlapping |= conflict.conflict_type == icechunk.ConflictType.ChunkDoubleUpdate
+    return described, overlapping
 
 
 def commit_session(
@@ -53,17 +55,20 @@ def commit_session(
                 message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=1
             )
         except icechunk.RebaseFailedError as err:
-            conflicts = describe_conflicts(err)
+            conflicts, overlapping = describe_conflicts(err)
             raise CommitConflictError(
                 f"branch {branch!r} received a commit that changed the same data: "
                 f"{'; '.join(conflicts) or err}. Nothing was published; re-run after the other "
-                "run finished, or write a region that does not overlap it"
+                "run finished, or write a region that does not overlap it",
+                conflicts=conflicts,
+                overlapping=overlapping or not conflicts,
             ) from err
         except icechunk.ConflictError as err:
             if attempt == attempts:
                 raise CommitConflictError(
                     f"branch {branch!r} kept moving during {attempts} commit attempts; nothing "
-                    "was published — retry later or serialize the writers"
+                    "was published — retry later or serialize the writers",
+                    overlapping=False,
                 ) from err
             delay = min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
             log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)

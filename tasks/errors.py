@@ -44,7 +44,19 @@ class ChunkConflictError(IcefloeError, ValueError):
 
 
 class CommitConflictError(IcefloeError):
-    """The branch moved and the changes could not be rebased onto it."""
+    """The branch moved and the changes could not be rebased onto it.
+
+    ``overlapping`` says whether another commit wrote the same chunks (a real overlap,
+    never retried) rather than changing metadata this run's changes depend on (a run
+    that starts over from the new tip can then succeed).
+    """
+
+    def __init__(
+        self, message: str, *, conflicts: list[str] | None = None, overlapping: bool = True
+    ) -> None:
+        self.conflicts = list(conflicts or [])
+        self.overlapping = overlapping
+        super().__init__(message)
 
 
 class PhaseOrderError(IcefloeError, RuntimeError):

@@ -77,7 +77,8 @@ def publish(
                 log.info("branch %r moved during publish (try %d): %s", branch, attempt, err)
         raise CommitConflictError(
             f"branch {branch!r} kept moving during {attempts} publish attempts; nothing was "
-            "published — retry later or serialize the writers"
+            "published — retry later or serialize the writers",
+            overlapping=False,
         )
     finally:
         if not keep_work and work in repo.list_branches():

@@ -58,7 +58,16 @@ def test_overlapping_regions_fail_naming_the_chunks(repo, stored):
     second = _region_session(repo, _patch(stored, 4, 8, 2.0))
     commit_session(first, "first")
     landed = tip(repo)
-    with pytest.raises(CommitConflictError, match=r"g/tas.*chunks"):
+    with pytest.raises(CommitConflictError, match=r"g/tas.*chunks") as info:
         commit_session(second, "second")
+    assert info.value.overlapping
     assert tip(repo) == landed
     assert (read_back(repo, "g").tas[0:6] == 1.0).all()
+
+
+def test_a_region_behind_an_append_conflicts_without_overlapping(repo, stored):
+    region = _region_session(repo, _patch(stored, 0, 4, 1.0))
+    write(repo, cf_dataset(16).isel(time=slice(12, 16)), lambda w: w.for_append(group="g"))
+    with pytest.raises(CommitConflictError) as info:
+        commit_session(region, "region planned before the append")
+    assert not info.value.overlapping  # starting over from the new tip can succeed
