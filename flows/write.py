@@ -2,16 +2,25 @@
 
 Each flow only chooses the writer's mode; ``_write`` is the process they share:
 
-    open target → open source → plan → write_metadata → write_eager → verify → write_lazy
-    → commit → summary
+    open target → open source → plan → write_metadata → write_eager → verify
+    → write_lazy (batches) → commit → summary
 
-Nothing is visible on the branch before the commit, and a run that raises discards its
-session, so a failed run leaves the branch where it was. The lazy write runs on the flow's
-DaskTaskRunner (see flows.runner); everything else runs in the flow process.
+Nothing is visible on the branch before the commit: the phases work in a fork of the
+branch tip, persisted under the run's key, so a killed run re-run with the same key
+resumes from its finished phases and batches; the commit merges them at the run's
+base and publishes them with one commit (rebased with conflict detection when the
+branch moved). Runs that change metadata are serialized per repository and group;
+region runs run side by side. The lazy write runs on the flow's DaskTaskRunner (see
+flows.runner); everything else runs in the flow process.
 """
 
+import functools
+import hashlib
 import json
+import math
+import random
 import time
+import uuid
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -23,25 +32,77 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
+from pydantic import BaseModel, ConfigDict, Field
 
-from flows.metadata import commit_metadata, current_run
+from flows.locks import serialized
+from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.results import WriteResult
 from flows.runner import scheduler_address as resolve_scheduler_address
 from flows.runner import task_runner
 from flows.sources import IcechunkSource, Source, SourceModel
 from flows.targets import Target, TargetError, TargetNotFoundError, safe_url
 from tasks import phases
+from tasks.audit import AuditRules, audit_snapshot
+from tasks.errors import CommitConflictError
 from tasks.plan import WritePlan, human_bytes
 from tasks.planner import OnOverlap, RegionSpec
+from tasks.publish import Audit
 from tasks.writer import XarrayDatasetWriter
 
-__all__ = ["RegionParameter", "append_flow", "create_flow", "modify_flow", "region_flow"]
+__all__ = [
+    "RegionParameter",
+    "RunOptions",
+    "append_flow",
+    "create_flow",
+    "modify_flow",
+    "region_flow",
+]
+
+# About one GiB per resumable batch: small enough to lose little when killed, large
+# enough that each batch keeps a cluster busy.
+BATCH_BYTES = 2**30
 
 Encoding = dict[str, dict[str, Any]]
 RegionParameter = Literal["auto"] | dict[str, tuple[int, int] | Literal["auto"]]
 """A region as JSON can carry it: "auto", or per dimension [start, stop) or "auto"."""
 
 Choose = Callable[[XarrayDatasetWriter], XarrayDatasetWriter]
+
+
+class RunOptions(BaseModel):
+    """How a run survives being killed, retried and overlapped; the defaults suit most runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    run_key: str | None = Field(
+        default=None,
+        description="Names the run for resuming: re-running with the same key, branch tip and "
+        "source skips the phases and batches already done. Default: a digest of the parameters.",
+    )
+    batches: int | None = Field(
+        default=None,
+        ge=1,
+        description="Split the lazy write into this many resumable batches along the append "
+        "dimension (or the first dimension). Default: about one per GiB.",
+    )
+    publish: Literal["direct", "staged"] = Field(
+        default="direct",
+        description="'staged' commits to the branch icefloe/<run id> first, audits that "
+        "commit, then moves the target branch to it (write-audit-publish).",
+    )
+    max_nan_fraction: float | None = Field(
+        default=None,
+        ge=0,
+        le=1,
+        description="Staged runs only: refuse to publish when a written variable is missing "
+        "more than this fraction of its values.",
+    )
+    start_over_attempts: int = Field(
+        default=3,
+        ge=1,
+        description="Region runs only: how often to start over from the new branch tip when "
+        "another run changed the arrays' metadata meanwhile (never when chunks overlap).",
+    )
 
 
 @flow(name="icefloe-create", task_runner=task_runner())
@@ -53,11 +114,22 @@ def create_flow(
     encoding: Encoding | None = None,
     dry_run: bool = False,
     scheduler_address: str | None = None,
+    options: RunOptions | None = None,
 ) -> WriteResult:
     """Create the group from the source (creating the repository if needed); ``overwrite``
     replaces an existing group, otherwise an existing group is an error."""
     return _write(
-        _Run(target, source, group, dry_run, scheduler_address, create_repository=True),
+        _Run(
+            target,
+            source,
+            group,
+            dry_run,
+            scheduler_address,
+            options or RunOptions(),
+            kind="create",
+            overwrite=overwrite,
+            create_repository=True,
+        ),
         lambda writer: writer.for_create_or_overwrite(
             group, mode="w" if overwrite else "w-", encoding=encoding
         ),
@@ -73,6 +145,7 @@ def modify_flow(
     encoding: Encoding | None = None,
     dry_run: bool = False,
     scheduler_address: str | None = None,
+    options: RunOptions | None = None,
 ) -> WriteResult:
     """Add the source's variables to the group and overwrite the ones it has (only the new
     ones with ``only_new_vars``); attributes are merged."""
@@ -81,7 +154,18 @@ def modify_flow(
         writer = writer.for_modify(group, encoding=encoding)
         return writer.drop_existing_vars() if only_new_vars else writer
 
-    return _write(_Run(target, source, group, dry_run, scheduler_address), choose)
+    return _write(
+        _Run(
+            target,
+            source,
+            group,
+            dry_run,
+            scheduler_address,
+            options or RunOptions(),
+            kind="modify",
+        ),
+        choose,
+    )
 
 
 @flow(name="icefloe-append", task_runner=task_runner())
@@ -93,11 +177,20 @@ def append_flow(
     on_overlap: OnOverlap = "error",
     dry_run: bool = False,
     scheduler_address: str | None = None,
+    options: RunOptions | None = None,
 ) -> WriteResult:
     """Extend the group along ``append_dim`` with the source's labels; ``on_overlap`` says
     what labels already stored do: "error", "skip" (re-runs are no-ops) or "overwrite"."""
     return _write(
-        _Run(target, source, group, dry_run, scheduler_address),
+        _Run(
+            target,
+            source,
+            group,
+            dry_run,
+            scheduler_address,
+            options or RunOptions(),
+            kind="append",
+        ),
         lambda writer: writer.for_append(group, append_dim=append_dim, on_overlap=on_overlap),
     )
 
@@ -110,11 +203,20 @@ def region_flow(
     group: str | None = None,
     dry_run: bool = False,
     scheduler_address: str | None = None,
+    options: RunOptions | None = None,
 ) -> WriteResult:
     """Overwrite a region of the group's existing arrays with the source's values; "auto"
     places it by the source's labels."""
     return _write(
-        _Run(target, source, group, dry_run, scheduler_address),
+        _Run(
+            target,
+            source,
+            group,
+            dry_run,
+            scheduler_address,
+            options or RunOptions(),
+            kind="region",
+        ),
         lambda writer: writer.for_region(group, region=as_region_spec(region)),
     )
 
@@ -139,15 +241,52 @@ class _Run:
     group: str | None
     dry_run: bool
     scheduler_address: str | None
+    options: RunOptions
+    kind: Literal["create", "modify", "append", "region"]
+    overwrite: bool = False
     create_repository: bool = False
+
+    @property
+    def changes_metadata(self) -> bool:
+        return self.kind != "region"
 
 
 def _write(run: _Run, choose: Choose) -> WriteResult:
+    """Open, then attempt the write; a region run starts over when metadata moved under it."""
     logger = get_run_logger()
-    started = time.perf_counter()
     repo = _open_repository(run)
     dataset = open_source(run.source)
-    session = _session(repo, run)
+    with serialized(run.target, run.group, enabled=run.changes_metadata and not run.dry_run):
+        for attempt in range(1, run.options.start_over_attempts + 1):
+            try:
+                return _attempt(run, choose, repo, dataset)
+            except CommitConflictError as err:
+                if err.overlapping or run.changes_metadata:
+                    raise
+                if attempt == run.options.start_over_attempts:
+                    raise
+                delay = random.uniform(0.2, 1.0) * attempt
+                logger.warning(
+                    "another run changed the arrays meanwhile (%s); starting over from the new "
+                    "tip in %.1f s (attempt %d of %d)",
+                    "; ".join(err.conflicts),
+                    delay,
+                    attempt + 1,
+                    run.options.start_over_attempts,
+                )
+                time.sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _attempt(
+    run: _Run, choose: Choose, repo: icechunk.Repository, dataset: xr.Dataset
+) -> WriteResult:
+    logger = get_run_logger()
+    started = time.perf_counter()
+    branch = run.target.branch
+    staging = _staging_branch(run) if run.options.publish == "staged" and not run.dry_run else None
+    session = _session(repo, run, staging if run.overwrite else None)
+    base = session.snapshot_id
     try:
         writer = choose(XarrayDatasetWriter(dataset, store=session.store))
         plan = phases.plan(writer)
@@ -158,12 +297,28 @@ def _write(run: _Run, choose: Choose) -> WriteResult:
         if plan.changes_nothing:
             logger.info("nothing to write: the group already holds what the source has")
             return _result(run, plan, snapshot_id=None, skipped=True)
-        phases.write_metadata(writer)
-        phases.write_eager(writer)
-        phases.verify(writer)
-        lazy = phases.write_lazy(writer, scheduler_address=_scheduler(run))
-        metadata = _metadata(plan, run)
-        snapshot_id = phases.commit(session, _message(plan), metadata)
+        # An overwrite deletes the group, and forks that each carry that deletion cannot be
+        # merged: it works in the session itself and cannot resume (FIELD-NOTES).
+        workspace = session if run.overwrite else session.fork()
+        key = _resume_key(run, base) if workspace is not session else None
+        workspace = phases.persisted(phases.write_metadata, key)(writer, workspace, key)
+        workspace = phases.persisted(phases.write_eager, key)(writer, workspace, key)
+        phases.verify(writer, workspace)
+        forks, lazy = phases.write_lazy(
+            writer, workspace, key, _target_batches(plan, run), scheduler_address=_scheduler(run)
+        )
+        metadata = {**_metadata(plan, run), "run_key": _run_key(run), "base_snapshot": base}
+        snapshot_id = phases.commit(
+            repo,
+            branch,
+            base,
+            workspace,
+            forks,
+            _message(plan),
+            metadata,
+            staging_branch=staging,
+            audit=_audit(repo, plan, dataset, run) if staging else None,
+        )
     except BaseException:
         # The session may be half-written; dropping its changes makes sure nothing of this
         # run can be committed by mistake later.
@@ -171,7 +326,55 @@ def _write(run: _Run, choose: Choose) -> WriteResult:
             session.discard_changes()
         raise
     _publish_summary(plan, run, metadata, snapshot_id, lazy, time.perf_counter() - started)
-    return _result(run, plan, snapshot_id=snapshot_id, skipped=snapshot_id is None)
+    return _result(run, plan, snapshot_id=snapshot_id, skipped=False)
+
+
+def _run_key(run: _Run) -> str:
+    return run.options.run_key or parameters_digest(
+        {k: v for k, v in _parameters().items() if k not in ("dry_run", "scheduler_address")}
+        or {"target": run.target, "source": run.source, "group": run.group, "kind": run.kind}
+    )
+
+
+def _resume_key(run: _Run, base: str) -> str | None:
+    """Where a run's phases and batches are persisted, or None when they must not be.
+
+    Persisted forks carry the storage configuration; static credentials from a Secret
+    block would be in them, so such runs do not persist (they still never half-publish).
+    """
+    if run.target.credentials_secret_block:
+        return None
+    fingerprint = run.source.model_dump_json()
+    digest = hashlib.sha256(f"{_run_key(run)}|{base}|{fingerprint}".encode()).hexdigest()
+    return f"icefloe-{digest[:40]}"
+
+
+def _target_batches(plan: WritePlan, run: _Run) -> int:
+    if run.options.batches:
+        return run.options.batches
+    return max(1, math.ceil(plan.bytes_in_phase("lazy") / BATCH_BYTES))
+
+
+def _staging_branch(run: _Run) -> str:
+    run_id = current_run().flow_run_id or uuid.uuid4().hex
+    return f"icefloe/{run_id}"
+
+
+def _audit(repo: icechunk.Repository, plan: WritePlan, dataset: xr.Dataset, run: _Run) -> Audit:
+    rules = AuditRules(max_nan_fraction=run.options.max_nan_fraction)
+    return functools.partial(_audit_snapshot, repo, plan=plan, source=dataset, rules=rules)
+
+
+def _audit_snapshot(
+    repo: icechunk.Repository,
+    snapshot: str,
+    *,
+    plan: WritePlan,
+    source: xr.Dataset,
+    rules: AuditRules,
+) -> None:
+    get_run_logger().info("audit: checking staged commit %s", snapshot)
+    audit_snapshot(repo, snapshot, plan, source, rules)
 
 
 def _open_repository(run: _Run) -> icechunk.Repository:
@@ -187,12 +390,15 @@ def _open_repository(run: _Run) -> icechunk.Repository:
     return run.target.open_repository(create=run.create_repository, credentials=credentials)
 
 
-def _session(repo: icechunk.Repository, run: _Run) -> icechunk.Session:
+def _session(repo: icechunk.Repository, run: _Run, staging: str | None = None) -> icechunk.Session:
     branch = run.target.branch
     try:
         # A dry run plans on a read-only session, so it cannot write even by mistake.
         if run.dry_run:
             return repo.readonly_session(branch=branch)
+        if staging is not None:
+            repo.create_branch(staging, repo.lookup_branch(branch))
+            return repo.writable_session(staging)
         return repo.writable_session(branch)
     except icechunk.IcechunkError as err:
         if branch in repo.list_branches():
@@ -304,6 +510,7 @@ def _publish_summary(
         ("variables", ", ".join(plan.variables) or "-"),
         ("chunks written", str(plan.chunks_written)),
         ("bytes written", human_bytes(plan.bytes_written)),
+        ("batches", f"{lazy.batches} ({lazy.batches_resumed} resumed from an earlier run)"),
         ("dask tasks", f"{lazy.dask_tasks} on {lazy.scheduler}"),
         ("duration", f"{seconds:.1f} s (lazy write {lazy.seconds:.1f} s)"),
         ("throughput", f"{human_bytes(throughput)}/s"),

@@ -37,19 +37,24 @@ from prefect.logging import get_run_logger
 from prefect.states import State
 from prefect_dask import DaskTaskRunner
 
+from tasks import batches
+from tasks.batches import LazyBatch
 from tasks.commit import commit_session
 from tasks.errors import IcefloeError
 from tasks.plan import WritePlan
 from tasks.progress import TaskCount, counting_scheduler, progress_hooks
-from tasks.writer import XarrayDatasetWriter
+from tasks.publish import Audit, publish, publish_staged_snapshot
+from tasks.writer import XarrayDatasetWriter, batch_summary
 
 __all__ = [
     "LazyWriteStats",
     "commit",
     "is_transient",
+    "persisted",
     "plan",
     "retry_transient",
     "verify",
+    "write_batch",
     "write_eager",
     "write_lazy",
     "write_metadata",
@@ -104,7 +109,30 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
     return _module_log
 
 
-# -- phases that must not retry ---------------------------------------------------------------
+# -- the prepared workspace ---------------------------------------------------------------------
+#
+# A run works in a *workspace*: a ForkSession of the branch tip for every mode but
+# overwrite, whose phases are persisted as task results under the run's key so that a
+# killed run resumes from them; or, for overwrite (a deleted group cannot be merged
+# from several forks), the writable session itself, which lives and dies with the
+# process. ``key`` is None for the latter, and nothing is persisted.
+
+Workspace = icechunk.Session
+
+
+def _phase_key(phase: str) -> Any:
+    def key(context: Any, parameters: dict[str, Any]) -> str | None:
+        run_key = parameters.get("key")
+        return f"{run_key}/{phase}" if run_key else None
+
+    return key
+
+
+def persisted(task_: Task[..., Any], key: str | None) -> Task[..., Any]:
+    """``task_`` persisting its result under ``key``, or persisting nothing without one."""
+    if key:
+        return task_
+    return task_.with_options(persist_result=False, cache_policy=NO_CACHE)
 
 
 @task(name="plan", cache_policy=NO_CACHE, retries=0)
@@ -113,22 +141,31 @@ def plan(writer: XarrayDatasetWriter) -> WritePlan:
     return writer.plan()
 
 
-@task(name="write_metadata", cache_policy=NO_CACHE, retries=0)
-def write_metadata(writer: XarrayDatasetWriter) -> None:
-    """Create, replace, resize and delete arrays and set attributes in the session."""
-    writer.write_metadata()
+@task(name="write_metadata", cache_key_fn=_phase_key("metadata"), persist_result=True, retries=0)
+def write_metadata(writer: XarrayDatasetWriter, workspace: Workspace, key: str | None) -> Workspace:
+    """Create, replace, resize and delete arrays and set attributes in the workspace.
+
+    Call through ``persisted(write_metadata, key)``: with a key the resulting fork is
+    persisted, and a re-run with the same key gets it back instead of writing again.
+    """
+    writer.on_store(workspace.store, completed=[]).write_metadata()
+    return workspace
 
 
-@task(name="write_eager", cache_policy=NO_CACHE, retries=0)
-def write_eager(writer: XarrayDatasetWriter) -> None:
-    """Write the in-memory (numpy-backed) variables in the flow process."""
-    writer.write_eager()
+@task(name="write_eager", cache_key_fn=_phase_key("eager"), persist_result=True, retries=0)
+def write_eager(writer: XarrayDatasetWriter, workspace: Workspace, key: str | None) -> Workspace:
+    """Write the in-memory (numpy-backed) variables into the workspace (persisted like metadata)."""
+    writer.on_store(workspace.store, completed=["write_metadata"]).write_eager()
+    return workspace
 
 
 @task(name="verify", cache_policy=NO_CACHE, retries=0)
-def verify(writer: XarrayDatasetWriter) -> None:
-    """Check the session against the plan before the expensive write; raises VerificationError."""
-    writer.verify()
+def verify(writer: XarrayDatasetWriter, workspace: Workspace) -> None:
+    """Check the workspace against the plan before the expensive write; raises VerificationError.
+
+    Never cached: a resumed run checks the persisted workspace again.
+    """
+    writer.on_store(workspace.store, completed=["write_metadata", "write_eager"]).verify()
 
 
 # -- the lazy write ---------------------------------------------------------------------------
@@ -138,9 +175,36 @@ def verify(writer: XarrayDatasetWriter) -> None:
 class LazyWriteStats:
     """What write_lazy did: small on purpose, since Prefect may persist task results."""
 
+    batches: int
+    batches_resumed: int
     dask_tasks: int
     seconds: float
     scheduler: str
+
+
+@task(
+    name="write_batch",
+    cache_key_fn=lambda context, parameters: (
+        f"{parameters['key']}/batch-{parameters['batch'].index}"
+        f"-{parameters['batch'].start}-{parameters['batch'].stop}"
+        if parameters["key"]
+        else None
+    ),
+    persist_result=True,
+    retries=2,
+    retry_delay_seconds=_RETRY_DELAYS,
+    retry_jitter_factor=0.5,
+    retry_condition_fn=retry_transient,
+)
+def write_batch(
+    workspace: Workspace, batch: LazyBatch, key: str | None
+) -> icechunk.session.ForkSession:
+    """One chunk-aligned window of the lazy write, into its own copy of the workspace."""
+    fork = (
+        workspace.fork() if not isinstance(workspace, icechunk.session.ForkSession) else workspace
+    )
+    _logger().info("write_batch: %s", batch_summary(batch))
+    return batches.write_batch(fork, batch)
 
 
 @task(
@@ -153,28 +217,67 @@ class LazyWriteStats:
 )
 def write_lazy(
     writer: XarrayDatasetWriter,
+    workspace: Workspace,
+    key: str | None,
+    target_batches: int = 1,
     scheduler_address: str | None = None,
     report_every: float = 1.0,
-) -> LazyWriteStats:
-    """Write the dask-backed variables on the flow's Dask cluster and merge them into the session.
+) -> tuple[list[icechunk.session.ForkSession], LazyWriteStats]:
+    """Write the dask-backed variables batch by batch on the flow's Dask cluster.
 
-    The cluster is, in order: a scheduler at ``scheduler_address`` (unless the flow's
-    DaskTaskRunner already is that one), the flow's DaskTaskRunner, else the threaded
-    scheduler. Progress goes to a Prefect progress artifact, the log (every quarter) and the
-    hooks registered with ``tasks.progress.watch_progress``, every ``report_every`` seconds.
+    Each batch is a task whose result (a ForkSession) is persisted under the run's key,
+    so a re-run of a killed run writes only the batches it had not finished. The
+    cluster is, in order: a scheduler at ``scheduler_address`` (unless the flow's
+    DaskTaskRunner already is that one), the flow's DaskTaskRunner, else threads.
+    Progress (dask tasks and batches) goes to Prefect progress artifacts, the log and
+    the hooks registered with ``tasks.progress.watch_progress``.
     """
     logger = _logger()
+    prepared = writer.on_store(
+        workspace.store, completed=["write_metadata", "write_eager", "verify"]
+    )
+    todo = prepared.lazy_batches(target_batches=target_batches)
+    batch_task = persisted(write_batch, key)
     count = TaskCount()
     started = time.perf_counter()
+    forks: list[icechunk.session.ForkSession] = []
+    resumed = 0
     with _dask_client(scheduler_address) as client:
         where = "threads" if client is None else str(client.scheduler.address)
-        logger.info("write_lazy: computing on %s", where)
+        logger.info("write_lazy: %d batches on %s", len(todo), where)
+        batch_progress = _BatchProgress(len(todo))
         with _ProgressReporter(count, logger, report_every), counting_scheduler(client, count):
-            writer.write_lazy()
+            for batch in todo:
+                state = batch_task(workspace, batch, key, return_state=True)
+                resumed += state.name == "Cached"
+                forks.append(state.result())
+                batch_progress.advance(len(forks))
     seconds = time.perf_counter() - started
     done, _ = count.snapshot()
-    logger.info("write_lazy: %d dask tasks finished in %.1f s", done, seconds)
-    return LazyWriteStats(dask_tasks=done, seconds=seconds, scheduler=where)
+    logger.info(
+        "write_lazy: %d batches (%d resumed from an earlier run), %d dask tasks in %.1f s",
+        len(todo),
+        resumed,
+        done,
+        seconds,
+    )
+    return forks, LazyWriteStats(len(todo), resumed, done, seconds, where)
+
+
+class _BatchProgress:
+    """A progress artifact counting finished batches (dask tasks have their own)."""
+
+    def __init__(self, total: int) -> None:
+        self._total = total
+        self._artifact: UUID | None = None
+        if total > 1 and (TaskRunContext.get() or FlowRunContext.get()):
+            self._artifact = create_progress_artifact(
+                progress=0.0, description=f"write_lazy: batches finished of {total}"
+            )
+
+    def advance(self, done: int) -> None:
+        if self._artifact is not None:
+            update_progress_artifact(self._artifact, progress=round(100 * done / self._total, 1))
 
 
 @contextmanager
@@ -278,17 +381,42 @@ class _ProgressReporter:
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient,
 )
-def commit(session: icechunk.Session, message: str, metadata: Mapping[str, Any]) -> str | None:
-    """Commit the session with ``metadata`` under ``icefloe``; None when it changed nothing.
+def commit(
+    repo: icechunk.Repository,
+    branch: str,
+    base_snapshot: str,
+    workspace: Workspace,
+    forks: list[icechunk.session.ForkSession],
+    message: str,
+    metadata: Mapping[str, Any],
+    staging_branch: str | None = None,
+    audit: Audit | None = None,
+) -> str:
+    """Publish the run with one commit carrying ``metadata`` under ``icefloe``.
 
-    Rebases onto commits that landed meanwhile when they do not conflict (e.g. region writes
-    of disjoint chunks); a real conflict raises CommitConflictError, which is not retried.
+    A forked workspace and its batches are merged at the run's base and published
+    (rebased when the branch moved, conflicts detected); a session workspace commits
+    itself. With ``staging_branch`` the commit lands there, ``audit`` checks it, and the
+    branch moves only if it did not move meanwhile. Conflicts raise CommitConflictError,
+    which is not retried.
     """
     logger = _logger()
-    if not session.has_uncommitted_changes:
-        logger.info("commit: the session changed nothing; no commit")
-        return None
-    branch = session.branch  # a committed session no longer names its branch
-    snapshot_id = commit_session(session, message, {"icefloe": dict(metadata)})
-    logger.info("commit: %s on branch %s", snapshot_id, branch)
-    return snapshot_id
+    block = {"icefloe": dict(metadata)}
+    if isinstance(workspace, icechunk.session.ForkSession):
+        snapshot = publish(
+            repo,
+            branch,
+            base_snapshot,
+            [workspace, *forks],
+            message,
+            block,
+            staging_branch=staging_branch,
+            audit=audit,
+        )
+    else:
+        workspace.merge(*forks)
+        snapshot = commit_session(workspace, message, block)
+        if staging_branch is not None:
+            publish_staged_snapshot(repo, branch, base_snapshot, snapshot, staging_branch, audit)
+    logger.info("commit: %s on branch %s", snapshot, branch)
+    return snapshot

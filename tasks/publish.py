@@ -106,3 +106,40 @@ def _commit_on(
         # icechunk rebase it, detecting every chunk or metadata change both touched
         repo.reset_branch(work, tip)
     return commit_session(session, message, metadata)
+
+
+def publish_staged_snapshot(
+    repo: icechunk.Repository,
+    branch: str,
+    base_snapshot: str,
+    snapshot: str,
+    staging_branch: str,
+    audit: Audit | None,
+) -> None:
+    """Move ``branch`` from ``base_snapshot`` to an audited commit of ``staging_branch``.
+
+    For runs that committed on the staging branch directly (an overwrite's session
+    cannot be rebuilt from forks, so it cannot be rebased either): when the target
+    moved meanwhile the run fails, keeping the staged commit for inspection.
+    """
+    if audit is not None:
+        try:
+            audit(snapshot)
+        except VerificationError as err:
+            raise VerificationError(
+                [
+                    *err.problems,
+                    f"the audited commit {snapshot} is kept on branch {staging_branch!r}",
+                ],
+                group=err.group,
+            ) from err
+    try:
+        repo.reset_branch(branch, snapshot, from_snapshot_id=base_snapshot)
+    except icechunk.IcechunkError as err:
+        raise CommitConflictError(
+            f"branch {branch!r} moved while the run was staged; nothing was published and the "
+            f"staged commit {snapshot} is kept on branch {staging_branch!r} — re-run on the "
+            "new tip",
+            overlapping=False,
+        ) from err
+    repo.delete_branch(staging_branch)

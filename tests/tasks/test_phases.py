@@ -21,7 +21,7 @@ from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterType
 from prefect.states import Failed
 from prefect_dask import DaskTaskRunner
 
-import tasks.writer
+import tasks.batches
 from tasks import phases
 from tasks.errors import (
     ChunkConflictError,
@@ -49,14 +49,15 @@ def pid_dataset(n: int = 8) -> xr.Dataset:
 
 def prepared_writer(
     repo: icechunk.Repository, ds: xr.Dataset
-) -> tuple[icechunk.Session, XarrayDatasetWriter]:
-    """A writer that has run every phase up to write_lazy."""
+) -> tuple[str, icechunk.session.ForkSession, XarrayDatasetWriter]:
+    """The base snapshot, a fork holding every phase up to write_lazy, and its writer."""
     session = repo.writable_session("main")
     writer = XarrayDatasetWriter(ds, store=session.store).for_create_or_overwrite()
-    writer.write_metadata()
-    writer.write_eager()
-    writer.verify()
-    return session, writer
+    writer.plan()
+    workspace = phases.write_metadata.fn(writer, session.fork(), None)
+    workspace = phases.write_eager.fn(writer, workspace, None)
+    phases.verify.fn(writer, workspace)
+    return session.snapshot_id, workspace, writer
 
 
 def on_cluster(address: str, body: Callable[[], Any]) -> Any:
@@ -111,14 +112,17 @@ def test_icefloe_error_wins_over_a_transient_cause() -> None:
     assert not phases.is_transient(error)
 
 
-def test_only_lazy_write_and_commit_retry_and_nothing_is_cached() -> None:
+def test_only_batches_and_commit_retry_and_only_a_run_key_persists() -> None:
     for task in (phases.plan, phases.write_metadata, phases.write_eager, phases.verify):
         assert task.retries == 0, task.name
+    for task in (phases.plan, phases.verify, phases.write_lazy, phases.commit):
         assert task.cache_policy is NO_CACHE, task.name
-    for task in (phases.write_lazy, phases.commit):
+    for task in (phases.write_batch, phases.write_lazy, phases.commit):
         assert (task.retries or 0) > 0, task.name
         assert task.retry_condition_fn is phases.retry_transient, task.name
-        assert task.cache_policy is NO_CACHE, task.name
+    for task in (phases.write_metadata, phases.write_eager, phases.write_batch):
+        assert task.persist_result, task.name
+        assert not phases.persisted(task, None).persist_result, task.name
 
 
 # -- where write_lazy computes, and its progress ---------------------------------------------
@@ -127,13 +131,13 @@ def test_only_lazy_write_and_commit_retry_and_nothing_is_cached() -> None:
 def test_write_lazy_runs_on_the_flow_task_runner_cluster(
     repo: icechunk.Repository, local_cluster: LocalCluster
 ) -> None:
-    session, writer = prepared_writer(repo, pid_dataset())
+    base, workspace, writer = prepared_writer(repo, pid_dataset())
     calls: list[tuple[int, int]] = []
 
     def body() -> phases.LazyWriteStats:
         with watch_progress(lambda done, total: calls.append((done, total))):
-            stats = phases.write_lazy(writer, report_every=0.05)
-        phases.commit(session, "pids", {"mode": "create"})
+            forks, stats = phases.write_lazy(writer, workspace, None, 2, report_every=0.05)
+        phases.commit(repo, "main", base, workspace, forks, "pids", {"mode": "create"})
         return stats
 
     stats = on_cluster(local_cluster.scheduler_address, body)
@@ -145,28 +149,28 @@ def test_write_lazy_runs_on_the_flow_task_runner_cluster(
     assert pids <= workers
     assert os.getpid() not in pids
     assert stats.scheduler == local_cluster.scheduler_address
+    assert stats.batches == 2
     assert stats.dask_tasks > 0
     assert calls[-1] == (stats.dask_tasks, stats.dask_tasks)
     assert _latest_progress_artifact() == 100
 
 
 def test_write_lazy_outside_a_dask_flow_computes_on_threads(repo: icechunk.Repository) -> None:
-    session, writer = prepared_writer(repo, pid_dataset())
+    base, workspace, writer = prepared_writer(repo, pid_dataset())
 
-    stats = phases.write_lazy.fn(writer)
-    session.commit("pids")
+    forks, stats = phases.write_lazy.fn(writer, workspace, None)
+    phases.commit.fn(repo, "main", base, workspace, forks, "pids", {"mode": "create"})
 
     assert stats.scheduler == "threads"
     assert set(np.unique(read_back(repo)["pid"].values)) == {os.getpid()}
 
 
-def test_write_lazy_retries_a_transient_error(
+def test_a_batch_is_retried_after_a_transient_error(
     repo: icechunk.Repository, local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    ds = pid_dataset()
-    session, writer = prepared_writer(repo, ds)
+    base, workspace, writer = prepared_writer(repo, pid_dataset())
     attempts: list[int] = []
-    write_batch = tasks.writer.write_batch
+    write_batch = tasks.batches.write_batch
 
     def flaky(*args: Any, **kwargs: Any) -> Any:
         attempts.append(1)
@@ -174,12 +178,14 @@ def test_write_lazy_retries_a_transient_error(
             raise icechunk.StorageError("connection reset while uploading a chunk")
         return write_batch(*args, **kwargs)
 
-    monkeypatch.setattr(tasks.writer, "write_batch", flaky)
-    write_lazy = phases.write_lazy.with_options(retry_delay_seconds=0)
+    monkeypatch.setattr(tasks.batches, "write_batch", flaky)
+    monkeypatch.setattr(
+        phases, "write_batch", phases.write_batch.with_options(retry_delay_seconds=0)
+    )
 
     def body() -> None:
-        write_lazy(writer)
-        phases.commit(session, "after a retry", {"mode": "create"})
+        forks, _ = phases.write_lazy(writer, workspace, None)
+        phases.commit(repo, "main", base, workspace, forks, "after a retry", {"mode": "create"})
 
     on_cluster(local_cluster.scheduler_address, body)
 
@@ -201,22 +207,26 @@ def _latest_progress_artifact() -> float:
 # -- commit -----------------------------------------------------------------------------------
 
 
-def test_commit_without_changes_returns_none(repo: icechunk.Repository) -> None:
-    before = tip(repo)
-    assert phases.commit.fn(repo.writable_session("main"), "nothing", {"mode": "modify"}) is None
-    assert tip(repo) == before
+def test_commit_publishes_a_forked_workspace_with_the_icefloe_block(
+    repo: icechunk.Repository,
+) -> None:
+    base, workspace, writer = prepared_writer(repo, pid_dataset())
+    forks, _ = phases.write_lazy.fn(writer, workspace, None)
 
-
-def test_commit_stores_the_metadata_under_icefloe(repo: icechunk.Repository) -> None:
-    session = repo.writable_session("main")
-    zarr.create_array(session.store, name="a", shape=(4,), chunks=(2,), dtype="f4")
-
-    snapshot_id = phases.commit.fn(session, "created a", {"mode": "create", "variables": ["a"]})
+    snapshot_id = phases.commit.fn(
+        repo,
+        "main",
+        base,
+        workspace,
+        forks,
+        "created pid",
+        {"mode": "create", "variables": ["pid"]},
+    )
 
     assert snapshot_id == tip(repo)
     info = next(iter(repo.ancestry(branch="main")))
-    assert info.message == "created a"
-    assert info.metadata["icefloe"] == {"mode": "create", "variables": ["a"]}
+    assert info.message == "created pid"
+    assert info.metadata["icefloe"] == {"mode": "create", "variables": ["pid"]}
 
 
 def test_commit_conflict_raises_commit_conflict_error(repo: icechunk.Repository) -> None:
@@ -224,9 +234,10 @@ def test_commit_conflict_raises_commit_conflict_error(repo: icechunk.Repository)
     zarr.create_array(setup.store, name="a", shape=(4,), chunks=(2,), dtype="f4", fill_value=0)
     setup.commit("array")
     first, second = repo.writable_session("main"), repo.writable_session("main")
+    base = second.snapshot_id
     zarr.open_array(first.store, path="a", mode="r+")[:2] = 1
     zarr.open_array(second.store, path="a", mode="r+")[:2] = 2
     first.commit("first")
 
     with pytest.raises(CommitConflictError, match="changed the same data"):
-        phases.commit.fn(second, "second", {"mode": "region"})
+        phases.commit.fn(repo, "main", base, second, [], "second", {"mode": "region"})
