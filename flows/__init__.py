@@ -1,5 +1,6 @@
 """icefloe's Prefect flows, their parameter models and the CLI."""
 
+from flows.maintenance import maintenance_flow as maintenance_flow
 from flows.results import WriteResult
 from flows.sources import Source
 from flows.targets import Target

@@ -20,6 +20,8 @@ from prefect.logging import get_run_logger
 
 from flows.targets import Target, safe_url
 
+LEASE_SECONDS = 60
+
 
 def limit_name(target: Target, group: str | None) -> str:
     """A limit name per repository and group; names cannot contain '/' (FIELD-NOTES)."""
@@ -48,5 +50,7 @@ def serialized(target: Target, group: str | None, *, enabled: bool = True) -> It
     name = limit_name(target, group)
     ensure_limit(name)
     get_run_logger().info("waiting for the metadata lock %s of this group", name)
-    with concurrency(name, occupy=1, strict=True):
+    # the shortest lease Prefect allows: a killed holder blocks the group for about a
+    # minute (plus the server's 15 s repossessor loop), not five
+    with concurrency(name, occupy=1, strict=True, lease_duration=LEASE_SECONDS):
         yield

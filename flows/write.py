@@ -97,6 +97,13 @@ class RunOptions(BaseModel):
         description="Staged runs only: refuse to publish when a written variable is missing "
         "more than this fraction of its values.",
     )
+    serialize: bool = Field(
+        default=True,
+        description="Runs that change metadata (create, modify, append) wait for the group's "
+        "lock so they never fail on each other. Turn off only where one deployment with a "
+        "concurrency limit of 1 is the group's only writer: a killed holder keeps the lock "
+        "until its lease expires (about a minute).",
+    )
     start_over_attempts: int = Field(
         default=3,
         ge=1,
@@ -256,7 +263,8 @@ def _write(run: _Run, choose: Choose) -> WriteResult:
     logger = get_run_logger()
     repo = _open_repository(run)
     dataset = open_source(run.source)
-    with serialized(run.target, run.group, enabled=run.changes_metadata and not run.dry_run):
+    locked = run.changes_metadata and run.options.serialize and not run.dry_run
+    with serialized(run.target, run.group, enabled=locked):
         for attempt in range(1, run.options.start_over_attempts + 1):
             try:
                 return _attempt(run, choose, repo, dataset)

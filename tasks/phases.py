@@ -54,9 +54,9 @@ __all__ = [
     "plan",
     "retry_transient",
     "verify",
-    "write_batch",
     "write_eager",
     "write_lazy",
+    "write_lazy_batch",
     "write_metadata",
 ]
 
@@ -183,7 +183,8 @@ class LazyWriteStats:
 
 
 @task(
-    name="write_batch",
+    name="write_lazy",
+    task_run_name="write_lazy-batch-{batch.index}",
     cache_key_fn=lambda context, parameters: (
         f"{parameters['key']}/batch-{parameters['batch'].index}"
         f"-{parameters['batch'].start}-{parameters['batch'].stop}"
@@ -196,25 +197,19 @@ class LazyWriteStats:
     retry_jitter_factor=0.5,
     retry_condition_fn=retry_transient,
 )
-def write_batch(
+def write_lazy_batch(
     workspace: Workspace, batch: LazyBatch, key: str | None
 ) -> icechunk.session.ForkSession:
-    """One chunk-aligned window of the lazy write, into its own copy of the workspace."""
-    fork = (
-        workspace.fork() if not isinstance(workspace, icechunk.session.ForkSession) else workspace
-    )
-    _logger().info("write_batch: %s", batch_summary(batch))
+    """One chunk-aligned window of the lazy write, into its own copy of the workspace.
+
+    Its ForkSession is persisted under the run's key as soon as it finishes: a killed
+    run's re-run gets it back instead of writing the window again.
+    """
+    fork = workspace if isinstance(workspace, icechunk.session.ForkSession) else workspace.fork()
+    _logger().info("write_lazy: %s", batch_summary(batch))
     return batches.write_batch(fork, batch)
 
 
-@task(
-    name="write_lazy",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=_RETRY_DELAYS,
-    retry_jitter_factor=0.5,
-    retry_condition_fn=retry_transient,
-)
 def write_lazy(
     writer: XarrayDatasetWriter,
     workspace: Workspace,
@@ -223,21 +218,21 @@ def write_lazy(
     scheduler_address: str | None = None,
     report_every: float = 1.0,
 ) -> tuple[list[icechunk.session.ForkSession], LazyWriteStats]:
-    """Write the dask-backed variables batch by batch on the flow's Dask cluster.
+    """The lazy phase: one ``write_lazy`` task per batch, on the flow's Dask cluster.
 
-    Each batch is a task whose result (a ForkSession) is persisted under the run's key,
-    so a re-run of a killed run writes only the batches it had not finished. The
-    cluster is, in order: a scheduler at ``scheduler_address`` (unless the flow's
-    DaskTaskRunner already is that one), the flow's DaskTaskRunner, else threads.
-    Progress (dask tasks and batches) goes to Prefect progress artifacts, the log and
-    the hooks registered with ``tasks.progress.watch_progress``.
+    The batch tasks are called from here, at the flow's level, not from inside another
+    task: a task nested in a task persists its result only when the outer one finishes,
+    which a killed run never does. The cluster is, in order: a scheduler at
+    ``scheduler_address`` (unless the flow's DaskTaskRunner already is that one), the
+    flow's DaskTaskRunner, else threads. Progress (dask tasks and batches) goes to
+    Prefect progress artifacts, the log and the hooks of ``tasks.progress.watch_progress``.
     """
     logger = _logger()
     prepared = writer.on_store(
         workspace.store, completed=["write_metadata", "write_eager", "verify"]
     )
     todo = prepared.lazy_batches(target_batches=target_batches)
-    batch_task = persisted(write_batch, key)
+    batch_task = persisted(write_lazy_batch, key)
     count = TaskCount()
     started = time.perf_counter()
     forks: list[icechunk.session.ForkSession] = []

@@ -115,12 +115,12 @@ def test_icefloe_error_wins_over_a_transient_cause() -> None:
 def test_only_batches_and_commit_retry_and_only_a_run_key_persists() -> None:
     for task in (phases.plan, phases.write_metadata, phases.write_eager, phases.verify):
         assert task.retries == 0, task.name
-    for task in (phases.plan, phases.verify, phases.write_lazy, phases.commit):
+    for task in (phases.plan, phases.verify, phases.commit):
         assert task.cache_policy is NO_CACHE, task.name
-    for task in (phases.write_batch, phases.write_lazy, phases.commit):
+    for task in (phases.write_lazy_batch, phases.commit):
         assert (task.retries or 0) > 0, task.name
         assert task.retry_condition_fn is phases.retry_transient, task.name
-    for task in (phases.write_metadata, phases.write_eager, phases.write_batch):
+    for task in (phases.write_metadata, phases.write_eager, phases.write_lazy_batch):
         assert task.persist_result, task.name
         assert not phases.persisted(task, None).persist_result, task.name
 
@@ -158,7 +158,7 @@ def test_write_lazy_runs_on_the_flow_task_runner_cluster(
 def test_write_lazy_outside_a_dask_flow_computes_on_threads(repo: icechunk.Repository) -> None:
     base, workspace, writer = prepared_writer(repo, pid_dataset())
 
-    forks, stats = phases.write_lazy.fn(writer, workspace, None)
+    forks, stats = phases.write_lazy(writer, workspace, None)
     phases.commit.fn(repo, "main", base, workspace, forks, "pids", {"mode": "create"})
 
     assert stats.scheduler == "threads"
@@ -180,7 +180,7 @@ def test_a_batch_is_retried_after_a_transient_error(
 
     monkeypatch.setattr(tasks.batches, "write_batch", flaky)
     monkeypatch.setattr(
-        phases, "write_batch", phases.write_batch.with_options(retry_delay_seconds=0)
+        phases, "write_lazy_batch", phases.write_lazy_batch.with_options(retry_delay_seconds=0)
     )
 
     def body() -> None:
@@ -211,7 +211,7 @@ def test_commit_publishes_a_forked_workspace_with_the_icefloe_block(
     repo: icechunk.Repository,
 ) -> None:
     base, workspace, writer = prepared_writer(repo, pid_dataset())
-    forks, _ = phases.write_lazy.fn(writer, workspace, None)
+    forks, _ = phases.write_lazy(writer, workspace, None)
 
     snapshot_id = phases.commit.fn(
         repo,
