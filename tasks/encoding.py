@@ -13,6 +13,7 @@ from collections.abc import Hashable, Mapping
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 from xarray.backends.zarr import encode_zarr_variable
 
@@ -52,14 +53,25 @@ def encode_for_store(
         except UserWarning as warning:
             raise ValueError(str(warning)) from None
     for key in ("units", "calendar"):
-        if (
-            key in plain.encoding
-            and encoded.attrs.get(key, plain.encoding[key]) != plain.encoding[key]
-        ):
-            raise ValueError(
-                f"the values need {key} {encoded.attrs[key]!r}, not the stored {plain.encoding[key]!r}"
-            )
+        wanted = plain.encoding.get(key)
+        got = encoded.attrs.get(key, wanted)
+        if wanted is not None and _normalized(key, got) != _normalized(key, wanted):
+            raise ValueError(f"the values need {key} {got!r}, not the stored {wanted!r}")
     return encoded
+
+
+def _normalized(key: str, value: Any) -> Any:
+    """Units that mean the same written the same ("days since 2000-01-01" and "... 00:00:00")."""
+    if key == "units" and isinstance(value, str) and " since " in value:
+        step, reference = value.split(" since ", 1)
+        try:
+            return step.strip(), pd.Timestamp(reference.strip())
+        except (ValueError, TypeError):
+            return step.strip(), reference.strip()
+    if key == "calendar" and isinstance(value, str):
+        aliases = {"standard": "proleptic_gregorian", "gregorian": "proleptic_gregorian"}
+        return aliases.get(value.lower(), value.lower())
+    return value
 
 
 def time_encoding_for(variable: xr.Variable, requested: Mapping[str, Any]) -> dict[str, Any]:

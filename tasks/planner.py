@@ -7,6 +7,7 @@ the metadata steps and array writes that carry it out.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -200,10 +201,11 @@ class Planner:
     def _planned_dtype(
         self, name: str, variable: xr.Variable, encoding: Mapping[str, Any]
     ) -> np.dtype[Any]:
-        empty = (
-            variable.isel({d: slice(0, 0) for d in variable.dims}) if variable.ndim else variable
+        # one element, not none: xarray cannot tell whether no times fit the units
+        first = (
+            variable.isel({d: slice(0, 1) for d in variable.dims}) if variable.ndim else variable
         )
-        probe = xr.Variable(empty.dims, empty.data, empty.attrs, encoding=dict(encoding))
+        probe = xr.Variable(first.dims, first.data, first.attrs, encoding=dict(encoding))
         probe.encoding.pop("chunks", None)
         try:
             return encode_for_store(probe, probe.encoding, name).dtype
@@ -512,7 +514,7 @@ class ModifyPlanner(Planner):
                 row, write = self.plan_write(
                     name, variable, full_region(stored.shape), "overwrite", stored.shape
                 )
-                rows.append(row)
+                rows.append(dataclasses.replace(row, attrs={**stored.attrs, **variable.attrs}))
                 writes.append(write)
             changed = _changed_attrs(stored.attrs, variable.attrs)
             if changed:

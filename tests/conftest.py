@@ -35,7 +35,9 @@ def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
             yield "threads"
     else:
         cluster = request.getfixturevalue("local_cluster")
-        with Client(cluster) as client, dask.config.set(scheduler=client):
+        # "dask.distributed", not the client itself: a nanny restarting a dead worker ships
+        # the config to it, and a Client cannot be pickled
+        with Client(cluster), dask.config.set(scheduler="dask.distributed"):
             yield "cluster"
 
 
