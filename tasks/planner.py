@@ -56,6 +56,7 @@ ZARR_ENCODING_KEYS = frozenset(
         "add_offset",
         "_FillValue",
         "missing_value",
+        "fill_value",
     }
 )
 # Kinds whose in-memory values can be wrapped in dask so that creating the array
@@ -196,6 +197,11 @@ class Planner:
             requested.pop("chunks")
         if not _is_lazy(variable):
             requested.update(time_encoding_for(variable, requested))
+        if requested.get("_FillValue") is not None and "fill_value" not in requested:
+            # zarr v3 keeps its own fill value (0 for integers) beside the CF _FillValue;
+            # unequal, chunks never written (an appended label left to fill_missing, a
+            # backfill window not yet run) decode as data, e.g. add_offset, not missing
+            requested["fill_value"] = requested["_FillValue"]
         return requested
 
     def _planned_dtype(

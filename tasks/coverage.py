@@ -1,0 +1,179 @@
+"""Which labels along the append dimension hold data, and where the gaps are.
+
+A label counts as present when every data variable along the dimension (bounds
+variables aside: they are written with the labels) has the chunk that holds it, and
+one of them has a value there that is not its fill value. The chunk manifest answers
+most of it without reading data (a backfill extends arrays first, leaving their new
+chunks absent); values are read only inside existing chunks, one variable after the
+other and only for labels still undecided, so a chunk that a window filled partly is
+judged label by label.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from tasks.stored import array_path
+
+if TYPE_CHECKING:
+    from collections.abc import Coroutine
+
+    import icechunk
+
+
+@dataclass(frozen=True)
+class Gap:
+    first: Any
+    last: Any
+    count: int
+
+
+@dataclass(frozen=True)
+class Coverage:
+    """Presence of data per label along ``dim``."""
+
+    group: str | None
+    dim: str
+    labels: pd.Index
+    present: np.ndarray[Any, np.dtype[np.bool_]]
+
+    @property
+    def n_present(self) -> int:
+        return int(self.present.sum())
+
+    def gaps(self) -> list[Gap]:
+        runs: list[Gap] = []
+        start = None
+        for i, here in enumerate([*self.present.tolist(), True]):
+            if not here and start is None:
+                start = i
+            elif here and start is not None:
+                runs.append(Gap(self.labels[start], self.labels[i - 1], i - start))
+                start = None
+        return runs
+
+    def missing_between(self, start: Any, end: Any) -> bool:
+        """Whether any stored label in [start, end) lacks data, or none is stored there."""
+        inside = (self.labels >= start) & (self.labels < end)
+        return not inside.any() or not self.present[inside].all()
+
+    def markdown(self) -> str:
+        where = f"group {self.group!r}" if self.group else "the root group"
+        lines = [
+            f"# Coverage of {where} along {self.dim!r}",
+            "",
+            f"{self.n_present} of {len(self.labels)} labels hold data"
+            + (f", from {self.labels[0]} to {self.labels[-1]}" if len(self.labels) else ""),
+            "",
+            "| gap | first label | last label | labels |",
+            "|---|---|---|---|",
+        ]
+        gaps = self.gaps()
+        lines += [f"| {i + 1} | {g.first} | {g.last} | {g.count} |" for i, g in enumerate(gaps)]
+        if not gaps:
+            lines.append("| - | no gaps | | 0 |")
+        return "\n".join(lines)
+
+    def __str__(self) -> str:
+        gaps = self.gaps()
+        head = f"{self.n_present}/{len(self.labels)} labels along {self.dim!r} hold data"
+        if not len(self.labels):
+            return head
+        bar = _bar(self.present, width=60)
+        body = [head, f"{self.labels[0]}  {bar}  {self.labels[-1]}"]
+        body += [f"  gap: {g.first} … {g.last} ({g.count} labels)" for g in gaps] or ["  no gaps"]
+        return "\n".join(body)
+
+    def plot(self, path: str) -> None:
+        """A PNG strip: data in blue, gaps in red."""
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+
+        fig, ax = plt.subplots(figsize=(10, 1.6), dpi=100)
+        x = np.arange(len(self.labels))
+        ax.bar(x, np.ones_like(x), width=1.0, color=np.where(self.present, "#1f77b4", "#d62728"))
+        ax.set_yticks([])
+        ax.set_xlim(-0.5, max(len(x), 1) - 0.5)
+        if len(self.labels):
+            ticks = np.unique(np.linspace(0, len(x) - 1, min(6, len(x))).astype(int))
+            ax.set_xticks(ticks, [str(self.labels[t])[:16] for t in ticks], fontsize=7)
+        ax.set_title(f"{self.dim}: {self.n_present}/{len(self.labels)} labels hold data (gaps red)")
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+
+def _bar(present: np.ndarray[Any, Any], width: int) -> str:
+    if not len(present):
+        return ""
+    cells = np.array_split(present, min(width, len(present)))
+    return "".join("█" if c.all() else ("▒" if c.any() else "·") for c in cells)
+
+
+def coverage(session: icechunk.Session, group: str | None = None, dim: str = "time") -> Coverage:
+    """The coverage of ``group`` along ``dim`` in ``session`` (any session, read-only is fine)."""
+    stored = xr.open_zarr(session.store, group=group, consolidated=False, chunks=None)
+    if dim not in stored.indexes:
+        raise ValueError(
+            f"the group has no {dim!r} coordinate (it has {sorted(map(str, stored.indexes))}); "
+            "pass the append dimension as dim"
+        )
+    labels = stored.indexes[dim]
+    bounds = {v.attrs.get("bounds") for v in stored.variables.values()}
+    variables = [str(n) for n, v in stored.data_vars.items() if dim in v.dims and n not in bounds]
+    present = np.ones(len(labels), dtype=bool)
+    for name in variables:
+        present &= _labels_with_chunks(session, group, name, stored[name], dim)
+    undecided, present = present, np.zeros(len(labels), dtype=bool)
+    for name in variables:
+        if not undecided.any():
+            break
+        found = _labels_with_values(stored[name], dim, undecided)
+        present |= found
+        undecided &= ~found
+    return Coverage(group, dim, labels, present)
+
+
+def _labels_with_chunks(
+    session: icechunk.Session, group: str | None, name: str, variable: xr.DataArray, dim: str
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    axis = variable.dims.index(dim)
+    size = variable.encoding.get("chunks", variable.shape)[axis]
+    path = "/" + array_path(group, name)
+
+    async def chunk_rows() -> set[int]:
+        return {coords[axis] async for coords in session.chunk_coordinates(path)}
+
+    rows = _run(chunk_rows())
+    return np.isin(np.arange(variable.sizes[dim]) // size, list(rows))
+
+
+def _labels_with_values(
+    variable: xr.DataArray, dim: str, candidates: np.ndarray[Any, np.dtype[np.bool_]]
+) -> np.ndarray[Any, np.dtype[np.bool_]]:
+    result = np.zeros(len(candidates), dtype=bool)
+    positions = np.flatnonzero(candidates)
+    other = [d for d in variable.dims if d != dim]
+    values = variable.isel({dim: positions})
+    has_value = values.notnull().any(other) if other else values.notnull()
+    result[positions] = np.asarray(has_value.values, dtype=bool)
+    return result
+
+
+def _run(coroutine: Coroutine[Any, Any, set[int]]) -> set[int]:
+    # Prefect may run a flow in a thread with an event loop: run ours on a fresh thread then
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return asyncio.run(coroutine)
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
