@@ -10,6 +10,7 @@ import json
 import logging
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -26,11 +27,13 @@ from rich.progress import (
 )
 from rich.table import Table
 
+from flows.backfill import backfill_flow, windows_between
 from flows.results import WriteResult
 from flows.runner import on_scheduler
 from flows.sources import SourceModel, SyntheticSource, parse_source
 from flows.targets import Target
 from flows.write import append_flow, create_flow, modify_flow, region_flow
+from tasks.coverage import coverage
 from tasks.errors import IcefloeError
 from tasks.plan import human_bytes
 from tasks.progress import watch_progress
@@ -229,6 +232,105 @@ def demo(
         f"repo = icechunk.Repository.open(icechunk.local_filesystem_storage({str(path)!r}))\n"
         'ds = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)'
     )
+
+
+@app.command()
+def backfill(
+    target: TargetOption,
+    source: SourceOption,
+    start: Annotated[datetime, typer.Option(help="First label of the range (inclusive).")],
+    end: Annotated[datetime, typer.Option(help="End of the range (exclusive).")],
+    freq: Annotated[str, typer.Option(help="Window length, a pandas frequency: 1D, 6h ...")] = "1D",
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    append_dim: Annotated[str, typer.Option(help="The dimension to fill.")] = "time",
+    batch: Annotated[int, typer.Option(min=1, help="Windows written at a time.")] = 2,
+    dry_run: DryRunOption = False,
+    scheduler_address: SchedulerOption = None,
+) -> None:
+    """Fill [start, end) window by window; windows that hold data already are skipped."""
+    with _user_errors():
+        parsed_target = _target(target, branch)
+        if dry_run:
+            windows = windows_between(start, end, freq)
+            try:
+                found = coverage(
+                    parsed_target.open_repository().readonly_session(branch=branch),
+                    group,
+                    append_dim,
+                )
+                todo = [w for w in windows if found.missing_between(w.start, w.end)]
+            except (OSError, ValueError):
+                todo = windows
+            console.print(f"{len(todo)} of {len(windows)} windows would be written:")
+            for window in todo:
+                console.print(f"  {window}")
+            return
+        runnable = on_scheduler(backfill_flow, scheduler_address)
+        with _progress_bar():
+            result = runnable(
+                target=parsed_target,
+                source=parse_source(source),
+                start=start,
+                end=end,
+                freq=freq,
+                group=group,
+                append_dim=append_dim,
+                batch=batch,
+                scheduler_address=scheduler_address,
+            )
+    console.print(
+        f"backfill: {result.windows_written} windows written, "
+        f"{result.windows_already_filled} already held data; "
+        f"{result.labels_present}/{result.labels_total} labels hold data, {result.gaps} gaps"
+    )
+
+
+@app.command(name="coverage")
+def coverage_command(
+    target: TargetOption,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    append_dim: Annotated[str, typer.Option(help="The dimension to inspect.")] = "time",
+    png: Annotated[Path | None, typer.Option(help="Also write the plot to this PNG file.")] = None,
+) -> None:
+    """Show which labels along the append dimension hold data, gaps marked."""
+    with _user_errors():
+        repo = _target(target, branch).open_repository()
+        found = coverage(repo.readonly_session(branch=branch), group, append_dim)
+        if png is not None:
+            found.plot(str(png))
+    console.print(str(found), highlight=False)
+
+
+@app.command()
+def serve(
+    target: TargetOption,
+    source: SourceOption,
+    interval: Annotated[
+        float | None, typer.Option(help="Run the scheduled append every N seconds.")
+    ] = None,
+    cron: Annotated[str | None, typer.Option(help="Or on this cron schedule.")] = None,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    append_dim: Annotated[str, typer.Option(help="The dimension appends extend.")] = "time",
+    scheduler_address: SchedulerOption = None,
+) -> None:
+    """Serve the deployments (append-scheduled, write, backfill, maintenance) until stopped."""
+    from deployments.serve import serve_deployments
+
+    with _user_errors():
+        if (interval is None) == (cron is None):
+            raise ValueError("give exactly one of --interval SECONDS or --cron EXPR")
+        serve_deployments(
+            target=_target(target, branch),
+            source=parse_source(source),
+            group=group,
+            append_dim=append_dim,
+            interval=interval,
+            cron=cron,
+            scheduler_address=scheduler_address,
+        )
 
 
 # -- helpers --------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ region runs run side by side. The lazy write runs on the flow's DaskTaskRunner (
 flows.runner); everything else runs in the flow process.
 """
 
+import datetime as dt
 import functools
 import hashlib
 import json
@@ -185,9 +186,12 @@ def append_flow(
     dry_run: bool = False,
     scheduler_address: str | None = None,
     options: RunOptions | None = None,
+    window_start: dt.datetime | None = None,
+    window_end: dt.datetime | None = None,
 ) -> WriteResult:
     """Extend the group along ``append_dim`` with the source's labels; ``on_overlap`` says
-    what labels already stored do: "error", "skip" (re-runs are no-ops) or "overwrite"."""
+    what labels already stored do: "error", "skip" (re-runs are no-ops) or "overwrite".
+    ``window_start``/``window_end`` cut the source to [start, end)."""
     return _write(
         _Run(
             target,
@@ -197,6 +201,8 @@ def append_flow(
             scheduler_address,
             options or RunOptions(),
             kind="append",
+            create_repository=True,
+            window=(window_start, window_end),
         ),
         lambda writer: writer.for_append(group, append_dim=append_dim, on_overlap=on_overlap),
     )
@@ -252,6 +258,7 @@ class _Run:
     kind: Literal["create", "modify", "append", "region"]
     overwrite: bool = False
     create_repository: bool = False
+    window: tuple[dt.datetime | None, dt.datetime | None] = (None, None)
 
     @property
     def changes_metadata(self) -> bool:
@@ -262,7 +269,7 @@ def _write(run: _Run, choose: Choose) -> WriteResult:
     """Open, then attempt the write; a region run starts over when metadata moved under it."""
     logger = get_run_logger()
     repo = _open_repository(run)
-    dataset = open_source(run.source)
+    dataset = open_source(run.source, *run.window)
     locked = run.changes_metadata and run.options.serialize and not run.dry_run
     with serialized(run.target, run.group, enabled=locked):
         for attempt in range(1, run.options.start_over_attempts + 1):
@@ -345,13 +352,12 @@ def _run_key(run: _Run) -> str:
 
 
 def _resume_key(run: _Run, base: str) -> str | None:
-    """Where a run's phases and batches are persisted, or None when they must not be.
+    """Where a run's phases and batches are persisted.
 
-    Persisted forks carry the storage configuration; static credentials from a Secret
-    block would be in them, so such runs do not persist (they still never half-publish).
+    Persisted forks carry the storage configuration, but never a secret: environment
+    credentials are not pickled, and a Secret block's are read by a callback that pickles
+    as the block's name (flows.targets.load_secret_credentials; tests/storage/test_s3_flows).
     """
-    if run.target.credentials_secret_block:
-        return None
     fingerprint = run.source.model_dump_json()
     digest = hashlib.sha256(f"{_run_key(run)}|{base}|{fingerprint}".encode()).hexdigest()
     return f"icefloe-{digest[:40]}"
@@ -420,11 +426,13 @@ def _session(repo: icechunk.Repository, run: _Run, staging: str | None = None) -
 
 # Never persisted: the Dataset may hold large in-memory variables.
 @task(name="open_source", cache_policy=NO_CACHE, retries=0, persist_result=False)
-def open_source(source: SourceModel) -> xr.Dataset:
-    """The source's data, lazily (dask-backed where the source is)."""
+def open_source(
+    source: SourceModel, start: dt.datetime | None = None, end: dt.datetime | None = None
+) -> xr.Dataset:
+    """The source's data for [start, end), lazily (dask-backed where the source is)."""
     if isinstance(source, IcechunkSource):
-        return source.open(credentials=load_credentials(source.target))
-    return source.open()
+        return source.open(start, end, credentials=load_credentials(source.target))
+    return source.open(start, end)
 
 
 def load_credentials(target: Target) -> dict[str, str] | None:

@@ -1,0 +1,1 @@
+"""icefloe's deployments: the four the contract names, served by ``icefloe serve``."""
