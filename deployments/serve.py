@@ -58,6 +58,8 @@ def build_deployments(
             name="append-scheduled",
             parameters={**common, **where, "append_dim": append_dim},
             enforce_parameter_schema=True,
+            # a run that starts late catches up on its own: later ones wait, never pile up
+            concurrency_limit=1,
             **schedule,
         ),
         write_flow.to_deployment(

@@ -6,6 +6,11 @@ the flow asks the Prefect API for icefloe's open runs (RUNNING or PENDING runs o
 flows named ``icefloe-*``) and refuses, with a PlanError, a cutoff younger than the
 oldest of them minus ``margin``. The margin covers writers Prefect does not know about
 (the library used directly) and clock skew between machines.
+
+Chunks are not all an open run needs: it commits onto its base snapshot (the branch tip
+when it started), and an expired and collected base makes its commit fail
+(SnapshotNotFoundError) once another commit moved the branch. So the cutoff is also kept
+older than every snapshot that may be an open run's base, on every branch.
 """
 
 from __future__ import annotations
@@ -13,6 +18,7 @@ from __future__ import annotations
 import datetime as dt
 from uuid import UUID
 
+import icechunk
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -47,7 +53,9 @@ class MaintenanceResult(BaseModel):
     """What one maintenance run did (or, for a dry run, would delete); JSON-serialisable."""
 
     repo: str  # without user info or query, like every description icefloe shows
-    cutoff: dt.datetime
+    cutoff: dt.datetime  # the one applied: older than requested when open runs' bases need it
+    requested_cutoff: dt.datetime
+    kept_bases: list[str]  # snapshots kept for open runs, which the requested cutoff expired
     oldest_open_run: dt.datetime | None
     dry_run: bool
     snapshots_expired: int
@@ -106,10 +114,20 @@ def _expire_and_collect(
     dry_run: bool,
 ) -> MaintenanceResult:
     repo = target.open_repository(credentials=load_credentials(target))
-    summary = expire_and_collect(repo, cutoff, open_run, margin=margin, dry_run=dry_run)
+    applied, kept = keep_open_bases(repo, cutoff, open_run, margin)
+    if kept:
+        get_run_logger().warning(
+            "cutoff lowered from %s to %s to keep snapshots %s: open runs may be based on them",
+            cutoff.isoformat(),
+            applied.isoformat(),
+            ", ".join(kept),
+        )
+    summary = expire_and_collect(repo, applied, open_run, margin=margin, dry_run=dry_run)
     return MaintenanceResult(
         repo=safe_url(target.repo),
         cutoff=summary.cutoff,
+        requested_cutoff=cutoff,
+        kept_bases=kept,
         oldest_open_run=open_run,
         dry_run=dry_run,
         snapshots_expired=summary.snapshots_expired,
@@ -118,6 +136,39 @@ def _expire_and_collect(
         snapshots_deleted=summary.snapshots_deleted,
         bytes_deleted=summary.bytes_deleted,
     )
+
+
+def keep_open_bases(
+    repo: icechunk.Repository,
+    cutoff: dt.datetime,
+    open_run: dt.datetime | None,
+    margin: dt.timedelta,
+) -> tuple[dt.datetime, list[str]]:
+    """The cutoff lowered so that no snapshot an open run may be based on is expired, and
+    the snapshots that needed it.
+
+    A run started at T is based on a snapshot that was a branch tip at some moment after T:
+    on each branch, the newest snapshot written before T - margin (margin for clock skew)
+    or a newer one. Newer ones are younger than any accepted cutoff already.
+    """
+    if open_run is None:
+        return cutoff, []
+    horizon = open_run - margin
+    applied, kept = cutoff, []
+    for branch in sorted(repo.list_branches()):
+        for position, snapshot in enumerate(repo.ancestry(branch=branch)):
+            if snapshot.written_at > horizon:
+                continue
+            # the oldest possible base; a tip is never expired, so it needs nothing
+            if position > 0 and snapshot.written_at - margin < cutoff:
+                applied = min(applied, snapshot.written_at - margin)
+                if snapshot.id not in kept:
+                    kept.append(snapshot.id)
+            break
+    if applied < cutoff:
+        # objects written at the very instant of the base's commit must stay too
+        applied -= dt.timedelta(milliseconds=1)
+    return applied, kept
 
 
 @flow(name="icefloe-maintenance")
@@ -173,6 +224,8 @@ def _publish_summary(result: MaintenanceResult) -> None:
     rows = [
         ("repository", result.repo),
         ("cutoff", result.cutoff.isoformat()),
+        ("requested cutoff", result.requested_cutoff.isoformat()),
+        ("snapshots kept for open runs", ", ".join(result.kept_bases) or "none"),
         (
             "oldest open run",
             result.oldest_open_run.isoformat() if result.oldest_open_run else "none",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextvars
 import logging
 import threading
 from collections.abc import Callable, Iterator
@@ -20,6 +21,7 @@ from contextlib import contextmanager
 from typing import Any
 
 import dask
+import dask.threaded
 from dask.callbacks import Callback
 from distributed import Client
 from distributed.client import futures_of
@@ -91,15 +93,53 @@ class TaskCount:
 def counting_scheduler(client: Client | None, count: TaskCount) -> Iterator[None]:
     """Run dask computations in the block on ``client`` (threads when None), counting tasks.
 
-    The scheduler is set through ``dask.config`` because the computation starts deep inside
-    icechunk; a distributed client that is not the global default is only used when named.
+    The computation starts deep inside icechunk, so the scheduler cannot be passed to it;
+    it is routed through dask's config instead. dask's config is one per process, and
+    flows may run in several threads of one process (backfill windows, served runs):
+    the config therefore names one routing function for as long as any block is open,
+    and each block's choice lives in a context variable of its own thread.
     """
-    if client is None:
-        with dask.config.set(scheduler="threads"), _ThreadedCount(count):
+    get: Callable[..., Any] = (
+        dask.threaded.get if client is None else _DistributedCountingGet(client, count)
+    )
+    with _routing(get):
+        if client is None:
+            with _ThreadedCount(count):
+                yield
+        else:
             yield
-    else:
-        with dask.config.set(scheduler=_DistributedCountingGet(client, count)):
-            yield
+
+
+_route: contextvars.ContextVar[Callable[..., Any] | None] = contextvars.ContextVar(
+    "icefloe_dask_route", default=None
+)
+_routing_lock = threading.Lock()
+_routing_users = 0
+_scheduler_before: Any = None
+
+
+def _routed_get(dsk: Any, keys: Any, **kwargs: Any) -> Any:
+    get = _route.get()
+    return (get or dask.threaded.get)(dsk, keys, **kwargs)
+
+
+@contextmanager
+def _routing(get: Callable[..., Any]) -> Iterator[None]:
+    global _routing_users, _scheduler_before
+    token = _route.set(get)
+    with _routing_lock:
+        if _routing_users == 0:
+            _scheduler_before = dask.config.get("scheduler", None)
+            dask.config.set(scheduler=_routed_get)
+        _routing_users += 1
+    try:
+        yield
+    finally:
+        with _routing_lock:
+            _routing_users -= 1
+            if _routing_users == 0:
+                dask.config.set(scheduler=_scheduler_before)
+        _route.reset(token)
 
 
 class _ThreadedCount(Callback):  # type: ignore[misc]

@@ -57,7 +57,9 @@ def publish(
     try:
         for attempt in range(1, attempts + 1):
             tip = repo.lookup_branch(branch)
-            snapshot = _commit_on(repo, work, base_snapshot, tip, changes, message, metadata)
+            snapshot = _commit_on(
+                repo, work, branch, base_snapshot, tip, changes, message, metadata
+            )
             if audit is not None:
                 try:
                     audit(snapshot)
@@ -88,6 +90,7 @@ def publish(
 def _commit_on(
     repo: icechunk.Repository,
     work: str,
+    target_branch: str,
     base: str,
     tip: str,
     changes: Sequence[ForkSession],
@@ -105,7 +108,15 @@ def _commit_on(
         # the session stays at base; committing after the branch jumps to tip makes
         # icechunk rebase it, detecting every chunk or metadata change both touched
         repo.reset_branch(work, tip)
-    return commit_session(session, message, metadata)
+    try:
+        return commit_session(session, message, metadata)
+    except CommitConflictError as err:
+        # the work branch is an implementation detail: name the branch the user targets
+        raise CommitConflictError(
+            str(err).replace(repr(work), repr(target_branch)),
+            conflicts=err.conflicts,
+            overlapping=err.overlapping,
+        ) from err
 
 
 def publish_staged_snapshot(

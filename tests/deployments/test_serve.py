@@ -1,0 +1,186 @@
+"""Deployments on a real Prefect server: scheduled appends, backfills three ways, the UI form.
+
+The suite starts ``prefect server start`` and ``icefloe serve`` as processes, triggers
+runs through the API and an event, waits for them, and checks the repository.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import icechunk
+import numpy as np
+import pandas as pd
+import pytest
+import xarray as xr
+from distributed import LocalCluster
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
+from prefect.deployments import run_deployment
+from prefect.events import emit_event
+from prefect.settings import PREFECT_API_URL, temporary_settings
+
+from flows.sources import SyntheticSource
+from tasks.coverage import coverage
+from tests.conftest import plain_xarray, read_back
+from tests.deployments.conftest import served, stop, wait_until
+
+pytestmark = pytest.mark.slow
+
+GRID = {"ny": 3, "nx": 4}
+
+
+def _repo(path: Path) -> icechunk.Repository:
+    return icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+
+
+def _appends(path: Path) -> list[str]:
+    try:
+        history = list(_repo(path).ancestry(branch="main"))
+    except Exception:  # not created yet
+        return []
+    return [s.id for s in history if "icefloe" in (s.metadata or {})]
+
+
+@pytest.fixture(scope="module")
+def serving(
+    prefect_server: str, local_cluster: LocalCluster, tmp_path_factory: pytest.TempPathFactory
+):  # type: ignore[no-untyped-def]
+    """icefloe serve for a repository fed by a source of one label per second."""
+    home = tmp_path_factory.mktemp("served")
+    start = (pd.Timestamp.now("UTC").tz_localize(None) - pd.Timedelta(seconds=20)).floor("s")
+    source = {"kind": "synthetic", "start": str(start), "freq": "1s", "time_chunk": 60, **GRID}
+    process = served(
+        [
+            "--target",
+            str(home / "live"),
+            "--source",
+            json.dumps(source),
+            "--interval",
+            "4",
+            "--scheduler-address",
+            local_cluster.scheduler_address,
+        ],
+        prefect_server,
+        home / "serve.log",
+    )
+    try:
+        with temporary_settings({PREFECT_API_URL: prefect_server}):
+            yield home, source, process
+    finally:
+        stop(process)
+
+
+def test_an_interval_schedule_appends_without_gaps_or_duplicates(serving) -> None:  # type: ignore[no-untyped-def]
+    home, source, process = serving
+    live = home / "live"
+
+    wait_until(lambda: len(_appends(live)) >= 3, 240, "three scheduled appends")
+
+    assert process.poll() is None, (home / "serve.log").read_text()
+    labels = read_back(_repo(live)).indexes["time"]
+    assert labels.is_unique
+    assert labels.is_monotonic_increasing
+    assert (np.diff(labels.values) == np.timedelta64(1, "s")).all()
+    assert labels[0] == pd.Timestamp(source["start"])
+    found = coverage(_repo(live).readonly_session("main"))
+    assert found.gaps() == []
+    expected = SyntheticSource(**{**source, "periods": len(labels)}).open()
+    xr.testing.assert_identical(
+        read_back(_repo(live)), plain_xarray(expected, home, "expected-live")
+    )
+
+
+def test_the_parameter_schema_is_the_typed_form_of_target_and_source(serving) -> None:  # type: ignore[no-untyped-def]
+    with get_client(sync_client=True) as client:
+        deployments = client.read_deployments(
+            deployment_filter=DeploymentFilter(
+                name=DeploymentFilterName(
+                    any_=["append-scheduled", "write", "backfill", "maintenance"]
+                )
+            )
+        )
+    assert {d.name for d in deployments} == {"append-scheduled", "write", "backfill", "maintenance"}
+    write = next(d for d in deployments if d.name == "write")
+    schema = write.parameter_openapi_schema
+    definitions = schema.get("definitions", schema.get("$defs", {}))
+    assert {"repo", "branch", "storage_options"} <= set(definitions["Target"]["properties"])
+    kinds = json.dumps(schema["properties"]["source"])
+    for kind in ("FilesSource", "ZarrSource", "IcechunkSource", "PythonSource", "SyntheticSource"):
+        assert kind in kinds
+    assert schema["properties"]["mode"]["enum"] == [
+        "create",
+        "overwrite",
+        "modify",
+        "append",
+        "region",
+    ]
+    assert write.enforce_parameter_schema
+
+
+def test_a_backfill_run_through_the_api_lands_every_window_once(serving, tmp_path: Path) -> None:  # type: ignore[no-untyped-def]
+    target = {"repo": str(tmp_path / "archive")}
+    source = {"kind": "synthetic", "start": "2020-01-01", "freq": "1h", "time_chunk": 24, **GRID}
+    parameters = {
+        "target": target,
+        "source": source,
+        "start": "2020-01-01T00:00:00",
+        "end": "2020-01-11T00:00:00",
+        "freq": "1D",
+    }
+
+    first = run_deployment("icefloe-backfill/backfill", parameters=parameters, timeout=300)
+    second = run_deployment("icefloe-backfill/backfill", parameters=parameters, timeout=300)
+
+    assert first.state.is_completed(), first.state
+    assert second.state.is_completed(), second.state
+    assert (
+        first.state.result()["windows_written"] == 10 or first.state.result().windows_written == 10
+    )
+    again = second.state.result()
+    assert (again["windows_written"] if isinstance(again, dict) else again.windows_written) == 0
+    expected = SyntheticSource(**{**source, "periods": 240}).open()
+    xr.testing.assert_identical(
+        read_back(_repo(tmp_path / "archive")), plain_xarray(expected, tmp_path)
+    )
+
+
+def _written(run) -> int:  # type: ignore[no-untyped-def]
+    """Windows a finished backfill run wrote, from its result as the API returns it."""
+    result = run.state.result()
+    return int(result["windows_written"] if isinstance(result, dict) else result.windows_written)
+
+
+def test_an_event_triggers_the_backfill_deployment(serving) -> None:  # type: ignore[no-untyped-def]
+    home, source, _ = serving
+    live = home / "live"
+    wait_until(lambda: len(_appends(live)) >= 1, 60, "a first scheduled append")
+    start = pd.Timestamp(source["start"])
+    with get_client(sync_client=True) as client:
+        before = {r.id for r in client.read_flow_runs()}
+
+    emit_event(
+        event="icefloe.backfill.requested",
+        resource={"prefect.resource.id": "icefloe.archive.live"},
+        payload={"start": str(start), "end": str(start + pd.Timedelta(seconds=10)), "freq": "5s"},
+    )
+
+    def backfill_runs_finished():  # type: ignore[no-untyped-def]
+        with get_client(sync_client=True) as client:
+            backfill = {d.id for d in client.read_deployments() if d.name == "backfill"}
+            runs = [r for r in client.read_flow_runs() if r.id not in before]
+        return [r for r in runs if r.deployment_id in backfill and r.state and r.state.is_final()]
+
+    runs = wait_until(backfill_runs_finished, 120, "a backfill run triggered by the event", every=2)
+    assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+
+
+def test_serve_refuses_a_missing_schedule(tmp_path: Path, prefect_server: str) -> None:
+    process = served(
+        ["--target", str(tmp_path / "x"), "--source", '{"kind": "synthetic"}'],
+        prefect_server,
+        tmp_path / "log",
+    )
+    assert process.wait(120) == 1
+    assert "--interval" in (tmp_path / "log").read_text()
