@@ -43,7 +43,7 @@ from flows.runner import task_runner
 from flows.sources import Source, SourceModel
 from flows.targets import Target
 from flows.write import load_credentials, open_source
-from tasks.commit import commit_session
+from tasks.commit import commit_lock, commit_session
 from tasks.coverage import Coverage, coverage
 from tasks.errors import CommitConflictError, PlanError
 from tasks.phases import _dask_client, retry_transient
@@ -167,6 +167,7 @@ def extend_to(
     if stored.is_empty:
         initial = open_source(source, first.start, first.end)
         _commit_write(
+            repo,
             session,
             initial,
             lambda w: w.for_append(group, append_dim=append_dim),
@@ -182,6 +183,7 @@ def extend_to(
         return
     extension = xr.Dataset(coords={append_dim: beyond[append_dim].sel({append_dim: labels})})
     _commit_write(
+        repo,
         session,
         extension,
         lambda w: w.for_append(group, append_dim=append_dim, fill_missing=True),
@@ -192,14 +194,19 @@ def extend_to(
     )
 
 
-def _commit_write(session: icechunk.Session, ds: xr.Dataset, choose: Any, message: str) -> str:
+def _commit_write(
+    repo: icechunk.Repository, session: icechunk.Session, ds: xr.Dataset, choose: Any, message: str
+) -> str:
     writer = choose(XarrayDatasetWriter(ds, store=session.store))
-    writer.plan()
+    plan = writer.plan()
     writer.write_metadata()
     writer.write_eager()
     writer.verify()
     writer.write_lazy()
-    return commit_session(session, message, {"icefloe": {"mode": "append", "message": message}})
+    with commit_lock(repo):
+        return commit_session(
+            session, message, {"icefloe": {"mode": plan.mode, "message": message}}
+        )
 
 
 @task(
@@ -230,6 +237,7 @@ def backfill_window(
         try:
             with dask.config.set(scheduler=scheduler):
                 return _commit_write(
+                    repo,
                     session,
                     ds,
                     lambda w: w.for_region(group, region={append_dim: "auto"}),

@@ -9,9 +9,13 @@ never resolved by letting the last writer win.
 
 from __future__ import annotations
 
+import fcntl
 import logging
 import random
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
 from typing import Any
 
 import icechunk
@@ -74,3 +78,25 @@ def commit_session(
             log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+@contextmanager
+def commit_lock(repo: icechunk.Repository) -> Iterator[None]:
+    """Serialize commits to a repository on the local filesystem; elsewhere, do nothing.
+
+    Object stores make icechunk's branch update a conditional write; the local
+    filesystem cannot, and concurrent commits there lost one another's updates (seen
+    with several processes, and threads, committing within a second). A file lock in
+    the repository's directory makes them take turns, across processes too.
+    """
+    described = str(repo.storage)
+    if "type: local filesystem" not in described:
+        yield
+        return
+    root = Path(described.split("path:", 1)[1].strip().splitlines()[0])
+    with (root / ".icefloe-commit.lock").open("a+") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -39,7 +39,7 @@ from prefect_dask import DaskTaskRunner
 
 from tasks import batches
 from tasks.batches import LazyBatch
-from tasks.commit import commit_session
+from tasks.commit import commit_lock, commit_session
 from tasks.errors import IcefloeError
 from tasks.plan import WritePlan
 from tasks.progress import TaskCount, counting_scheduler, progress_hooks
@@ -397,21 +397,24 @@ def commit(
     """
     logger = _logger()
     block = {"icefloe": dict(metadata)}
-    if isinstance(workspace, icechunk.session.ForkSession):
-        snapshot = publish(
-            repo,
-            branch,
-            base_snapshot,
-            [workspace, *forks],
-            message,
-            block,
-            staging_branch=staging_branch,
-            audit=audit,
-        )
-    else:
-        workspace.merge(*forks)
-        snapshot = commit_session(workspace, message, block)
-        if staging_branch is not None:
-            publish_staged_snapshot(repo, branch, base_snapshot, snapshot, staging_branch, audit)
+    with commit_lock(repo):
+        if isinstance(workspace, icechunk.session.ForkSession):
+            snapshot = publish(
+                repo,
+                branch,
+                base_snapshot,
+                [workspace, *forks],
+                message,
+                block,
+                staging_branch=staging_branch,
+                audit=audit,
+            )
+        else:
+            workspace.merge(*forks)
+            snapshot = commit_session(workspace, message, block)
+            if staging_branch is not None:
+                publish_staged_snapshot(
+                    repo, branch, base_snapshot, snapshot, staging_branch, audit
+                )
     logger.info("commit: %s on branch %s", snapshot, branch)
     return snapshot
