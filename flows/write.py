@@ -268,6 +268,8 @@ class _Run:
 def _write(run: _Run, choose: Choose) -> WriteResult:
     """Open, then attempt the write; a region run starts over when metadata moved under it."""
     logger = get_run_logger()
+    if not run.dry_run:
+        check_scheduler(_scheduler(run))
     repo = _open_repository(run)
     dataset = open_source(run.source, *run.window)
     locked = run.changes_metadata and run.options.serialize and not run.dry_run
@@ -454,6 +456,22 @@ def load_credentials(target: Target) -> dict[str, str] | None:
 
 def _scheduler(run: _Run) -> str | None:
     return resolve_scheduler_address(run.scheduler_address)
+
+
+def check_scheduler(address: str | None, timeout: float = 10.0) -> None:
+    """Fail before anything is written when the Dask scheduler cannot be reached."""
+    if not address:
+        return
+    from distributed import Client
+
+    try:
+        Client(address, timeout=timeout, set_as_default=False).close()
+    except (OSError, TimeoutError, ValueError) as err:
+        raise TargetError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(err).__name__}: {err}); "
+            "start it, fix the address, or unset scheduler_address / ICEFLOE_SCHEDULER_ADDRESS "
+            "to use a local cluster"
+        ) from err
 
 
 def _parameters() -> dict[str, Any]:
