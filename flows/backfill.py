@@ -23,7 +23,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import dask
 import icechunk
 import pandas as pd
 import xarray as xr
@@ -46,7 +45,8 @@ from flows.write import load_credentials, open_source
 from tasks.commit import commit_lock, commit_session
 from tasks.coverage import Coverage, coverage
 from tasks.errors import CommitConflictError, PlanError
-from tasks.phases import _dask_client, retry_transient
+from tasks.phases import dask_client, retry_transient
+from tasks.progress import TaskCount, counting_scheduler
 from tasks.stored import StoredGroup, normalize_group
 from tasks.writer import XarrayDatasetWriter
 
@@ -100,29 +100,28 @@ def backfill_flow(
     group = normalize_group(group)
     windows = windows_between(start, end, freq)
     repo = target.open_repository(create=True, credentials=load_credentials(target))
-    with serialized(target, group):
-        extend_to(repo, target, source, group, append_dim, windows)
-    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
-    todo = [w for w in windows if found.missing_between(w.start, w.end)]
-    logger.info(
-        "backfill %s → %s: %d windows, %d hold data already, %d to write, %d at a time",
-        windows[0].start,
-        windows[-1].end,
-        len(windows),
-        len(windows) - len(todo),
-        len(todo),
-        batch,
-    )
-    progress = create_progress_artifact(
-        progress=0.0, description=f"backfill: windows written of {len(todo)}"
-    )
-    with _dask_client(scheduler_address) as client:
-        scheduler = client if client is not None else "threads"
+    with dask_client(scheduler_address) as client:
+        with serialized(target, group), counting_scheduler(client, TaskCount()):
+            extend_to(repo, target, source, group, append_dim, windows)
+        found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+        todo = [w for w in windows if found.missing_between(w.start, w.end)]
+        logger.info(
+            "backfill %s → %s: %d windows, %d hold data already, %d to write, %d at a time",
+            windows[0].start,
+            windows[-1].end,
+            len(windows),
+            len(windows) - len(todo),
+            len(todo),
+            batch,
+        )
+        progress = create_progress_artifact(
+            progress=0.0, description=f"backfill: windows written of {len(todo)}"
+        )
         _run_windows(
             todo,
             batch,
             progress,
-            lambda w: backfill_window(repo, target, source, group, append_dim, w, scheduler),
+            lambda w: backfill_window(repo, target, source, group, append_dim, w, client),
         )
     found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
     publish_coverage(found, f"backfill of {target.describe()}")
@@ -224,7 +223,7 @@ def backfill_window(
     group: str | None,
     append_dim: str,
     window: Window,
-    scheduler: Any,
+    client: Any,
     attempts: int = 4,
 ) -> str | None:
     """One window as a region write; starts over when an append resized the arrays."""
@@ -235,7 +234,8 @@ def backfill_window(
     for attempt in range(1, attempts + 1):
         session = repo.writable_session(target.branch)
         try:
-            with dask.config.set(scheduler=scheduler):
+            # this thread's dask work goes to the flow's cluster (threads if none)
+            with counting_scheduler(client, TaskCount()):
                 return _commit_write(
                     repo,
                     session,

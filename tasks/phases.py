@@ -237,7 +237,7 @@ def write_lazy(
     started = time.perf_counter()
     forks: list[icechunk.session.ForkSession] = []
     resumed = 0
-    with _dask_client(scheduler_address) as client:
+    with dask_client(scheduler_address) as client:
         where = "threads" if client is None else str(client.scheduler.address)
         logger.info("write_lazy: %d batches on %s", len(todo), where)
         batch_progress = _BatchProgress(len(todo))
@@ -276,7 +276,7 @@ class _BatchProgress:
 
 
 @contextmanager
-def _dask_client(scheduler_address: str | None) -> Iterator[Client | None]:
+def dask_client(scheduler_address: str | None) -> Iterator[Client | None]:
     runner = _flow_task_runner()
     if scheduler_address and not (
         isinstance(runner, DaskTaskRunner) and runner.address == scheduler_address

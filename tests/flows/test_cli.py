@@ -31,14 +31,64 @@ def repository(path: Path) -> icechunk.Repository:
     return icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
 
 
-def test_help_lists_the_commands_of_this_stage() -> None:
+def test_help_lists_the_commands_of_the_contract() -> None:
     result = runner.invoke(app, ["--help"])
 
     assert result.exit_code == 0
-    for command in ("create", "modify", "append", "region", "log", "demo"):
+    for command in (
+        "create",
+        "modify",
+        "append",
+        "region",
+        "backfill",
+        "log",
+        "coverage",
+        "serve",
+        "demo",
+    ):
         assert command in result.output
-    for later in ("backfill", "serve", "coverage"):
-        assert later not in result.output
+
+
+def test_backfill_then_coverage(tmp_path: Path, scheduler_address: str) -> None:
+    repo_path = tmp_path / "repo"
+    source = json.dumps({"kind": "synthetic", "start": "2020-01-01", "freq": "1h", **GRID})
+    common = [
+        "--target",
+        str(repo_path),
+        "--source",
+        source,
+        "--scheduler-address",
+        scheduler_address,
+    ]
+    window = ["--start", "2020-01-01", "--end", "2020-01-04", "--freq", "1D"]
+
+    planned = runner.invoke(app, ["backfill", *common, *window, "--dry-run"])
+    assert planned.exit_code == 0, planned.output
+    assert "3 of 3 windows would be written" in planned.output
+    assert not repo_path.exists()
+
+    filled = runner.invoke(app, ["backfill", *common, *window])
+    assert filled.exit_code == 0, filled.output
+    assert "72/72 labels hold data, 0 gaps" in filled.output
+    expected = SyntheticSource(start="2020-01-01", periods=72, **GRID).open()
+    xr.testing.assert_identical(read_back(repository(repo_path)), plain_xarray(expected, tmp_path))
+
+    again = runner.invoke(app, ["backfill", *common, *window])
+    assert "0 windows written, 3 already held data" in again.output
+
+    shown = runner.invoke(
+        app, ["coverage", "--target", str(repo_path), "--png", str(tmp_path / "c.png")]
+    )
+    assert shown.exit_code == 0, shown.output
+    assert "72/72 labels along 'time' hold data" in shown.output
+    assert "no gaps" in shown.output
+    assert (tmp_path / "c.png").stat().st_size > 1000
+
+
+def test_serve_needs_exactly_one_schedule(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["serve", "--target", str(tmp_path), "--source", source_json()])
+    assert result.exit_code == 1
+    assert "--interval SECONDS or --cron EXPR" in result.output
 
 
 def test_create_append_dry_run_and_log(tmp_path: Path, scheduler_address: str) -> None:
