@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import numpy as np
 import pytest
 import xarray as xr
 
@@ -11,7 +10,7 @@ from tasks.errors import CommitConflictError
 from tasks.writer import XarrayDatasetWriter
 from tests.cf_datasets import cf_dataset
 from tests.conftest import read_back, tip
-from tests.tasks.helpers import write
+from tests.tasks.helpers import chunked_group, constant_patch, write
 
 
 def _region_session(repo, patch):
@@ -28,23 +27,12 @@ def _region_session(repo, patch):
 
 @pytest.fixture
 def stored(repo):
-    ds = cf_dataset(12)
-    write(
-        repo,
-        ds,
-        lambda w: w.for_create_or_overwrite(group="g", encoding={"tas": {"chunks": (4, 3, 4)}}),
-    )
-    return ds
-
-
-def _patch(ds, start, stop, value):
-    patch = ds[["tas"]].isel(time=slice(start, stop)).drop_vars("height")
-    return patch.copy(data={"tas": np.full(patch.tas.shape, value, dtype="float32")})
+    return chunked_group(repo)
 
 
 def test_disjoint_regions_started_together_both_land(repo, stored):
-    first = _region_session(repo, _patch(stored, 0, 4, 1.0))
-    second = _region_session(repo, _patch(stored, 8, 12, 2.0))
+    first = _region_session(repo, constant_patch(stored, 0, 4, 1.0))
+    second = _region_session(repo, constant_patch(stored, 8, 12, 2.0))
     commit_session(first, "first")
     commit_session(second, "second")
     back = read_back(repo, "g").tas
@@ -54,8 +42,8 @@ def test_disjoint_regions_started_together_both_land(repo, stored):
 
 
 def test_overlapping_regions_fail_naming_the_chunks(repo, stored):
-    first = _region_session(repo, _patch(stored, 0, 6, 1.0))
-    second = _region_session(repo, _patch(stored, 4, 8, 2.0))
+    first = _region_session(repo, constant_patch(stored, 0, 6, 1.0))
+    second = _region_session(repo, constant_patch(stored, 4, 8, 2.0))
     commit_session(first, "first")
     landed = tip(repo)
     with pytest.raises(CommitConflictError, match=r"g/tas.*chunks") as info:
@@ -66,7 +54,7 @@ def test_overlapping_regions_fail_naming_the_chunks(repo, stored):
 
 
 def test_a_region_behind_an_append_conflicts_without_overlapping(repo, stored):
-    region = _region_session(repo, _patch(stored, 0, 4, 1.0))
+    region = _region_session(repo, constant_patch(stored, 0, 4, 1.0))
     write(repo, cf_dataset(16).isel(time=slice(12, 16)), lambda w: w.for_append(group="g"))
     with pytest.raises(CommitConflictError) as info:
         commit_session(region, "region planned before the append")

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import pickle
 
-import numpy as np
 import pytest
 import xarray as xr
 
@@ -14,7 +13,7 @@ from tasks.publish import publish
 from tasks.writer import XarrayDatasetWriter
 from tests.cf_datasets import cf_dataset, lazy
 from tests.conftest import plain_xarray, read_back, tip
-from tests.tasks.helpers import write
+from tests.tasks.helpers import chunked_group, constant_patch, write
 
 
 def prepare(repo, ds, choose, batches=3):
@@ -41,25 +40,10 @@ def test_batches_in_fork_copies_merge_into_one_commit(repo, tmp_path):
     xr.testing.assert_identical(read_back(repo, "g"), plain_xarray(ds, tmp_path))
 
 
-def _stored(repo):
-    ds = cf_dataset(12)
-    write(
-        repo,
-        ds,
-        lambda w: w.for_create_or_overwrite(group="g", encoding={"tas": {"chunks": (4, 3, 4)}}),
-    )
-    return ds
-
-
-def _patch(ds, start, stop, value):
-    patch = ds[["tas"]].isel(time=slice(start, stop)).drop_vars("height")
-    return lazy(patch.copy(data={"tas": np.full(patch.tas.shape, value, dtype="float32")}), 4)
-
-
 def test_publish_rebases_onto_a_branch_that_moved(repo):
-    ds = _stored(repo)
-    base, changes = prepare(repo, _patch(ds, 0, 4, 1.0), lambda w: w.for_region(group="g"))
-    write(repo, _patch(ds, 8, 12, 2.0), lambda w: w.for_region(group="g"))
+    ds = chunked_group(repo)
+    base, changes = prepare(repo, constant_patch(ds, 0, 4, 1.0), lambda w: w.for_region(group="g"))
+    write(repo, constant_patch(ds, 8, 12, 2.0), lambda w: w.for_region(group="g"))
     publish(repo, "main", base, changes, "late region")
     back = read_back(repo, "g").tas
     assert (back[0:4] == 1.0).all()
@@ -68,9 +52,9 @@ def test_publish_rebases_onto_a_branch_that_moved(repo):
 
 
 def test_publish_refuses_overlap_with_what_landed_meanwhile(repo):
-    ds = _stored(repo)
-    base, changes = prepare(repo, _patch(ds, 0, 8, 1.0), lambda w: w.for_region(group="g"))
-    write(repo, _patch(ds, 4, 8, 2.0), lambda w: w.for_region(group="g"))
+    ds = chunked_group(repo)
+    base, changes = prepare(repo, constant_patch(ds, 0, 8, 1.0), lambda w: w.for_region(group="g"))
+    write(repo, constant_patch(ds, 4, 8, 2.0), lambda w: w.for_region(group="g"))
     landed = tip(repo)
     with pytest.raises(CommitConflictError, match="g/tas"):
         publish(repo, "main", base, changes, "overlapping")
@@ -79,9 +63,11 @@ def test_publish_refuses_overlap_with_what_landed_meanwhile(repo):
 
 
 def test_staged_publish_keeps_a_failed_audit_on_its_branch(repo):
-    ds = _stored(repo)
+    ds = chunked_group(repo)
     before = tip(repo)
-    base, changes = prepare(repo, _patch(ds, 0, 4, -999.0), lambda w: w.for_region(group="g"))
+    base, changes = prepare(
+        repo, constant_patch(ds, 0, 4, -999.0), lambda w: w.for_region(group="g")
+    )
 
     def audit(snapshot: str) -> None:
         staged = xr.open_zarr(
@@ -97,8 +83,8 @@ def test_staged_publish_keeps_a_failed_audit_on_its_branch(repo):
 
 
 def test_staged_publish_moves_the_target_and_removes_the_staging_branch(repo):
-    ds = _stored(repo)
-    base, changes = prepare(repo, _patch(ds, 0, 4, 5.0), lambda w: w.for_region(group="g"))
+    ds = chunked_group(repo)
+    base, changes = prepare(repo, constant_patch(ds, 0, 4, 5.0), lambda w: w.for_region(group="g"))
     snapshot = publish(
         repo, "main", base, changes, "staged", staging_branch="icefloe/run-2", audit=lambda s: None
     )
