@@ -18,7 +18,7 @@ from typing import Any
 from pydantic import BaseModel
 from pydantic_core import to_jsonable_python
 
-from flows.sources import IcechunkSource, PythonSource, SourceModel, ZarrSource
+from flows.sources import FilesSource, IcechunkSource, PythonSource, SourceModel, ZarrSource
 from flows.targets import Target
 from tasks.plan import WritePlan
 
@@ -106,7 +106,7 @@ def _option_values(target: Target, source: SourceModel) -> set[str]:
     if isinstance(source, IcechunkSource):
         models.append(source.target)
     for model in models:
-        if isinstance(model, Target | ZarrSource):
+        if isinstance(model, Target | ZarrSource | FilesSource):
             values.update(_leaves(model.storage_options))
         if isinstance(model, PythonSource):
             values.update(_leaves(model.kwargs))

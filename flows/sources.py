@@ -14,6 +14,7 @@ a half-open window ``[start, end)``; how each kind honours it:
 - ``synthetic``: generates exactly the labels in the window.
 """
 
+import contextlib
 import glob
 import importlib
 import json
@@ -21,6 +22,7 @@ import math
 import os
 import re
 import string
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -61,6 +63,7 @@ __all__ = [
     "SyntheticSource",
     "WindowBound",
     "ZarrSource",
+    "fsspec_options",
     "parse_source",
 ]
 
@@ -192,18 +195,51 @@ def _shown_options(options: Mapping[str, object]) -> str:
     return f" ({', '.join(shown)})" if shown else ""
 
 
+def _is_remote(path: str) -> bool:
+    return "://" in path and not path.startswith("file://")
+
+
+def fsspec_options(url: str, options: Mapping[str, str | int | bool]) -> dict[str, Any]:
+    """fsspec keyword arguments for ``url`` from a source's flat, non-secret options.
+
+    For s3:// URLs, the names a Target uses (``region``, ``force_path_style``, ``anonymous``,
+    ``allow_http``) are translated into s3fs's (``client_kwargs.region_name``,
+    ``config_kwargs.s3.addressing_style``, ``anon``; the endpoint's scheme decides http), so
+    a source and a target on the same object store are configured alike. Other keys pass
+    through. Credentials never come from here: s3fs reads the environment (botocore's chain).
+    """
+    result: dict[str, Any] = {}
+    protocol = url.split("://", 1)[0].lower() if "://" in url else "file"
+    if protocol not in ("s3", "s3a"):
+        return dict(options)
+    for raw_key, value in options.items():
+        key = {"path-style": "force_path_style", "path_style": "force_path_style"}.get(
+            raw_key, raw_key
+        )
+        if key in ("region", "region_name"):
+            result.setdefault("client_kwargs", {})["region_name"] = str(value)
+        elif key == "force_path_style":
+            if _truthy(value):
+                result.setdefault("config_kwargs", {})["s3"] = {"addressing_style": "path"}
+        elif key in ("anonymous", "anon"):
+            result["anon"] = _truthy(value)
+        elif key == "allow_http":
+            continue
+        else:
+            result[key] = value
+    return result
+
+
+def _truthy(value: str | int | bool) -> bool:
+    return value if isinstance(value, bool) else str(value).strip().lower() in {"1", "true", "yes"}
+
+
 class _SourceBase(BaseModel):
     # Unknown keys are typos in a deployment or UI form: refuse them rather than ignore.
     # Inputs stay out of error messages, which Prefect logs and stores with failed runs.
+    # Every kind has describe() (one line for logs and commit metadata, never a secret)
+    # and open(start, end) (the data, lazily, for the half-open window [start, end)).
     model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
-
-    def describe(self) -> str:
-        """One line for logs and commit metadata; never a secret."""
-        raise NotImplementedError
-
-    def open(self, start: WindowBound | None = None, end: WindowBound | None = None) -> xr.Dataset:
-        """The data, lazily, for the half-open window [start, end) when one is given."""
-        raise NotImplementedError
 
 
 # --------------------------------------------------------------------------------- files
@@ -219,6 +255,30 @@ def _placeholders(pattern: str) -> set[str]:
             f"FilesSource.paths {pattern!r} has unbalanced braces ({err}): use {{start:%Y%m%d}} "
             "style placeholders, and {{ }} for literal braces"
         ) from err
+
+
+@lru_cache(maxsize=1)
+def _close_h5py_files_at_exit() -> None:
+    """Close every HDF5 file before the interpreter finalizes (registered once).
+
+    h5py reads remote files through a Python file object (fsspec's). A file still open when
+    the process exits (e.g. referenced from a daemon thread, as in a flow process) is closed
+    by HDF5's own C exit handler, which then calls back into the finalized interpreter and
+    crashes the process with SIGSEGV (h5py 3.16, HDF5 1.14). Python's atexit runs earlier,
+    while that call is still safe.
+    """
+    import atexit
+
+    def close() -> None:
+        h5py = sys.modules.get("h5py")
+        if h5py is None:
+            return
+        for file_id in h5py.h5f.get_obj_ids(types=h5py.h5f.OBJ_FILE):
+            # exiting anyway: never turn a clean exit into an error
+            with contextlib.suppress(Exception):
+                h5py.File(file_id).close()
+
+    atexit.register(close)
 
 
 class FilesSource(_SourceBase):
@@ -251,7 +311,24 @@ class FilesSource(_SourceBase):
             "null combines them by their coordinates."
         ),
     )
+    storage_options: dict[str, str | int | bool] = Field(
+        default_factory=dict,
+        description=(
+            "Non-secret fsspec options for remote paths (s3://...): endpoint_url, region, "
+            "force_path_style, anonymous ... Credentials come from the environment, never "
+            "from here."
+        ),
+        examples=[{"endpoint_url": "http://localhost:9000", "force_path_style": True}],
+    )
     window_dim: str | None = Field(default="time", description=_WINDOW_DIM_DESCRIPTION)
+
+    @field_validator("storage_options")
+    @classmethod
+    def _check_storage_options(
+        cls, value: dict[str, str | int | bool]
+    ) -> dict[str, str | int | bool]:
+        _check_no_credentials("FilesSource.storage_options", value)
+        return value
 
     @field_validator("paths", mode="before")
     @classmethod
@@ -298,8 +375,16 @@ class FilesSource(_SourceBase):
                     f"{'/'.join(absent)} to open(), or remove the placeholder"
                 )
             pattern = template.format(**values) if needed else template
-            if "://" in pattern and not pattern.startswith("file://"):
-                files.append(pattern)  # remote: xarray and fsspec resolve it
+            if _is_remote(pattern):
+                if not glob.has_magic(pattern):
+                    files.append(pattern)  # opened as given; a missing object fails there
+                    continue
+                matches = self._remote_glob(pattern)
+                if not matches:
+                    missing.append(
+                        pattern if pattern == template else f"{pattern} (from {template})"
+                    )
+                files.extend(matches)
                 continue
             local = os.path.expanduser(pattern.removeprefix("file://"))
             if glob.has_magic(local):
@@ -317,15 +402,38 @@ class FilesSource(_SourceBase):
             )
         return list(dict.fromkeys(files))  # a file matched by two patterns is opened once
 
+    def _remote_glob(self, pattern: str) -> list[str]:
+        """The objects matching a remote glob, as URLs (fsspec, e.g. s3fs for s3://)."""
+        import fsspec
+
+        fs, path = fsspec.core.url_to_fs(pattern, **fsspec_options(pattern, self.storage_options))
+        return sorted(fs.unstrip_protocol(match) for match in fs.glob(path))
+
     def open(self, start: WindowBound | None = None, end: WindowBound | None = None) -> xr.Dataset:
-        """Open the files lazily (dask) as one Dataset, cut to [start, end) along window_dim."""
+        """Open the files lazily (dask) as one Dataset, cut to [start, end) along window_dim.
+
+        Remote files (s3:// ...) are read through fsspec by the h5netcdf engine (netCDF4 and
+        HDF5 files), the one netCDF engine that reads from a file object.
+        """
         files = self.resolve_paths(start, end)
+        engine = self.engine
+        remote: dict[str, Any] = {}
+        if any(_is_remote(f) for f in files):
+            if engine not in (None, "h5netcdf"):
+                raise ValueError(
+                    f"FilesSource.engine {engine!r} cannot read remote files such as "
+                    f"{safe_url(next(f for f in files if _is_remote(f)))!r}: use engine "
+                    "'h5netcdf' (netCDF4/HDF5 files) or null"
+                )
+            engine = "h5netcdf"
+            remote["storage_options"] = fsspec_options(files[0], self.storage_options)
+            _close_h5py_files_at_exit()
         # Explicit combine options: xarray's defaults are changing (FutureWarnings), and
         # these never load data to compare it: variables without the concatenated dimension
         # are taken from the first file, and coordinates must match exactly.
         ds = xr.open_mfdataset(
             files,
-            engine=self.engine,
+            engine=engine,
             chunks=self.chunks if self.chunks is not None else {},
             combine="nested" if self.concat_dim else "by_coords",
             concat_dim=self.concat_dim,
@@ -334,12 +442,14 @@ class FilesSource(_SourceBase):
             compat="override",
             join="exact",
             combine_attrs="override",
+            **remote,
         )
         return _select_window(ds, self.window_dim, start, end, self.describe())
 
     def describe(self) -> str:
         engine = f" (engine {self.engine})" if self.engine else ""
-        return f"files {', '.join(safe_url(p) for p in self.paths)}{engine}"
+        options = _shown_options(self.storage_options)
+        return f"files {', '.join(safe_url(p) for p in self.paths)}{engine}{options}"
 
 
 # ---------------------------------------------------------------------------------- zarr
@@ -397,7 +507,7 @@ class ZarrSource(_SourceBase):
                 group=self.group,
                 chunks=self.chunks if self.chunks is not None else {},
                 consolidated=None,
-                storage_options=dict(self.storage_options) or None,
+                storage_options=fsspec_options(self.url, self.storage_options) or None,
             )
         except (FileNotFoundError, KeyError) as err:  # zarr raises KeyError for a missing group
             where = f"group {self.group!r} of " if self.group else ""

@@ -2,9 +2,11 @@
 
     python -m tests.flows.kill_run REPO SCHEDULER POINT COUNT_FILE
 
-POINT is where the process dies: at the start of a phase ("write_metadata",
-"write_eager", "verify", "commit"), before the first batch ("write_lazy"), in the
-middle of a batch's dask computation ("mid_batch"), or before batch K ("batch:K").
+REPO is a path, or a Target as JSON (e.g. on object storage, with credentials from the
+environment or a Secret block). POINT is where the process dies: at the start of a phase
+("write_metadata", "write_eager", "verify", "commit"), before the first batch
+("write_lazy"), in the middle of a batch's dask computation ("mid_batch"), or before
+batch K ("batch:K").
 Each batch that really runs appends a line to COUNT_FILE. The patches live here, in
 the test process that dies, and nowhere in icefloe.
 """
@@ -67,9 +69,14 @@ def counting_batches(count_file: str, die_before: int | None) -> Callable[..., A
     return patched
 
 
+def target(repo: str) -> Target:
+    """A Target from a path, or from its JSON."""
+    return Target.model_validate_json(repo) if repo.lstrip().startswith("{") else Target(repo=repo)
+
+
 def run(repo: str, scheduler: str) -> None:
     append_flow(
-        Target(repo=repo),
+        target(repo),
         WINDOW,
         append_dim="time",
         scheduler_address=scheduler,
