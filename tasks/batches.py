@@ -137,6 +137,18 @@ def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = N
 
 
 def stored_encodings(store: Any, group: str | None) -> dict[str, dict[str, Any]]:
-    """The encoding of every array of the group, as xarray reads it back."""
-    stored = xr.open_zarr(store, group=group, consolidated=False, chunks=None, zarr_format=3)
+    """The encoding of every array of the group, as xarray reads it back.
+
+    Without default indexes: encodings come from the arrays' metadata, and building the
+    indexes would read every chunk of every dimension coordinate, which for a time axis
+    grows with each append (benchmarks/RESULTS.md, "Profile and improvement").
+    """
+    stored = xr.open_zarr(
+        store,
+        group=group,
+        consolidated=False,
+        chunks=None,
+        zarr_format=3,
+        create_default_indexes=False,
+    )
     return {str(name): dict(var.encoding) for name, var in stored.variables.items()}

@@ -13,6 +13,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
+from tasks.batches import stored_encodings
 from tasks.encoding import encode_for_store
 from tasks.errors import VerificationError
 from tasks.stored import array_path
@@ -76,10 +77,10 @@ def _check_eager_values(store: zarr.abc.store.Store, planned: Planned) -> list[s
     if not eager:
         return []
     group = planned.plan.group
-    decoded = xr.open_zarr(store, group=group, consolidated=False, chunks=None)
+    encodings = stored_encodings(store, group)
     problems = []
     for write in eager:
-        expected = encode_for_store(write.variable, decoded[write.name].encoding, write.name)
+        expected = encode_for_store(write.variable, encodings[write.name], write.name)
         array = zarr.open_array(store, path=array_path(group, write.name), mode="r")
         back = np.asarray(array[write.region])
         if not _array_equal(back, np.asarray(expected.values)):

@@ -1,0 +1,1 @@
+"""icefloe's benchmarks: ``python -m benchmarks.run [--smoke] [--out benchmarks/RESULTS.md]``."""
