@@ -60,18 +60,9 @@ def publish(
             snapshot = _commit_on(
                 repo, work, branch, base_snapshot, tip, changes, message, metadata
             )
-            if audit is not None:
-                try:
-                    audit(snapshot)
-                except VerificationError as err:
-                    keep_work = staging_branch is not None
-                    raise VerificationError(
-                        [
-                            *err.problems,
-                            f"the audited commit {snapshot} is kept on branch {work!r}",
-                        ],
-                        group=err.group,
-                    ) from err
+            keep_work = staging_branch is not None  # for inspection, if the audit fails
+            run_audit(audit, snapshot, work)
+            keep_work = False
             try:
                 repo.reset_branch(branch, snapshot, from_snapshot_id=tip)
                 return snapshot
@@ -133,17 +124,7 @@ def publish_staged_snapshot(
     cannot be rebuilt from forks, so it cannot be rebased either): when the target
     moved meanwhile the run fails, keeping the staged commit for inspection.
     """
-    if audit is not None:
-        try:
-            audit(snapshot)
-        except VerificationError as err:
-            raise VerificationError(
-                [
-                    *err.problems,
-                    f"the audited commit {snapshot} is kept on branch {staging_branch!r}",
-                ],
-                group=err.group,
-            ) from err
+    run_audit(audit, snapshot, staging_branch)
     try:
         repo.reset_branch(branch, snapshot, from_snapshot_id=base_snapshot)
     except icechunk.IcechunkError as err:
@@ -154,3 +135,16 @@ def publish_staged_snapshot(
             overlapping=False,
         ) from err
     repo.delete_branch(staging_branch)
+
+
+def run_audit(audit: Audit | None, snapshot: str, kept_on: str) -> None:
+    """Audit ``snapshot``; a failure says on which branch the audited commit stays."""
+    if audit is None:
+        return
+    try:
+        audit(snapshot)
+    except VerificationError as err:
+        raise VerificationError(
+            [*err.problems, f"the audited commit {snapshot} is kept on branch {kept_on!r}"],
+            group=err.group,
+        ) from err
