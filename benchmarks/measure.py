@@ -200,6 +200,9 @@ BULK_PATHS: dict[str, Callable[[Bench, Shape, Path], Any]] = {
     "icechunk.xarray.to_icechunk + commit": write_icechunk,
     "icefloe library (tasks.writer.to_icechunk) + commit": write_library,
     "icefloe create_flow (Prefect)": write_create_flow,
+    "icefloe create_flow, RunOptions(batches=1)": lambda bench, shape, path: write_create_flow(
+        bench, shape, path, {"batches": 1}
+    ),
 }
 REFERENCE = "icechunk.xarray.to_icechunk + commit"
 FLOW = "icefloe create_flow (Prefect)"
@@ -440,7 +443,7 @@ def append_scaling(bench: Bench) -> dict[str, Any]:
 # -- 4 and 6. memory and size scaling ------------------------------------------------------------
 
 
-def scaling(bench: Bench, bulk: dict[str, Any] | None) -> dict[str, Any]:
+def scaling(bench: Bench) -> dict[str, Any]:
     cfg = bench.config
     points: dict[int, dict[str, Any]] = {}
 
@@ -457,12 +460,17 @@ def scaling(bench: Bench, bulk: dict[str, Any] | None) -> dict[str, Any]:
         )
         point["seconds"].add(seconds)
         point["peak"].add(peak)
-        if baseline:
-            point["baseline"].add(baseline)
+        point["baseline"].add(baseline)
 
     bench.log("4/6. create_flow at several sizes: time and peak RSS of all processes")
+    # every size in every repeat, in rotating order, so that the machine's load drifting
+    # during the run spreads over all sizes; the largest runs once, in the middle repeat
+    sizes = [*cfg.scaling, cfg.bulk]
     for rep in range(cfg.repeats):
-        for shape in _rotated(list(cfg.scaling), rep):
+        todo = _rotated(sizes, rep)
+        if rep == cfg.repeats // 2:
+            todo += list(cfg.memory_only)
+        for shape in todo:
             seconds, rss = _timed_write(
                 bench, write_create_flow, shape, fresh_dir(bench.workdir, "scale")
             )
@@ -470,19 +478,6 @@ def scaling(bench: Bench, bulk: dict[str, Any] | None) -> dict[str, Any]:
             bench.log(
                 f"   {shape.nbytes / 1e9:.2f} GB: {seconds:.2f} s, peak RSS {rss.peak / 1e9:.2f} GB"
             )
-    for shape in cfg.memory_only:
-        seconds, rss = _timed_write(
-            bench, write_create_flow, shape, fresh_dir(bench.workdir, "scale")
-        )
-        record(shape, seconds, rss.peak, rss.baseline)
-        bench.log(
-            f"   {shape.nbytes / 1e9:.2f} GB: {seconds:.2f} s, peak RSS {rss.peak / 1e9:.2f} GB"
-        )
-    if bulk is not None:  # the 2 GB point: the create_flow runs of measurement 1
-        row = next(r for r in bulk["rows"] if r["path"] == FLOW)
-        shape = Shape(**bulk["shape"])
-        for seconds, peak in zip(row["seconds"]["values"], row["peak_rss"]["values"], strict=True):
-            record(shape, seconds, int(peak), 0)
     rows = []
     for nbytes in sorted(points):
         p = points[nbytes]

@@ -1,7 +1,15 @@
-"""RESULTS.md and results.png from the results of one run (``benchmarks/results.json``)."""
+"""RESULTS.md and results.png from the results of one run (``benchmarks/results.json``).
+
+    python -m benchmarks.report [benchmarks/results.json]
+
+re-renders both from the JSON without measuring again.
+"""
 
 from __future__ import annotations
 
+import json
+import sys
+import textwrap
 from pathlib import Path
 from typing import Any
 
@@ -95,22 +103,67 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     lines += _scaling(r["scaling"])
     lines += _backfill(r["backfill"])
     lines += _improvement(r["improvement"])
+    lines += ["## Findings not fixed here", "", FINDINGS, ""]
     lines += _notes(r)
     return "\n".join(lines).rstrip() + "\n"
+
+
+FINDINGS = """\
+- **Prefect's heartbeat costs a synchronous flow up to 1 s.** The heartbeat thread sleeps in
+  1 s steps and the flow joins it at exit, so every sync flow run ends on the next whole second
+  of its thread (measurement 2: append_flow with and without it; the trivial flow). Async
+  flows do not join it (FIELD-NOTES); dropping the heartbeat loses crash detection.
+- **Back-to-back runs on one group wait for the metadata lock.** An append_flow started right
+  after another one on the same group finished waited about 2 s in `flows.locks.serialized`
+  in about half the cases (measurement 2, last row; timing the acquire alone in a separate
+  check: 1.8–2.3 s in 5 of 12 back-to-back appends, about 0.01 s otherwise): Prefect answers
+  423 with a Retry-After near the slot's average occupancy. It matters for catch-up loops and
+  for backfills run as one deployment run per window, not for hourly schedules.
+- **Resume keys can collide across re-created repositories.** icechunk gives every new
+  repository the same first snapshot id (`1CECHNKREP0F1RSTCMT0`), and the default run key
+  digests the parameters, so a create_flow into a repository that was deleted and created
+  again at the same path, with the same parameters, resumes the phases persisted for the
+  deleted one: here it failed in verify with "object not found" for a chunk of `lat` (verify
+  caught it; nothing was published). `flows/write.py` `_resume_key` could add something unique
+  to the repository instance. The benchmark gives every repository a path of its own.
+- **What still grows with appends.** After improvement 2, the planner (`StoredGroup.dataset`)
+  and verify's label check still build the time index, i.e. read every chunk of the time
+  coordinate; its chunks are as long as the group's first write (24 labels here, so 42
+  chunks after 1,000 appends). A longer time chunk for the coordinate, or planning appends
+  from the last stored label, would make an append's cost independent of the archive's length.
+- **create_flow vs to_icechunk for 2 GB** (measurement 1): the two batches of the default
+  (one per GiB) cost a barrier between them; Prefect's start and exit (heartbeat join
+  included) about 0.5–1 s. The library alone is at parity with icechunk's to_icechunk.
+"""
 
 
 def _headline(r: dict[str, Any]) -> list[str]:
     out = ["## Headline", "", "| measurement | result | target |", "|---|---|---|"]
     b = r["bulk"]
     if not b.get("skipped"):
-        out.append(
-            f"| create_flow ÷ icechunk to_icechunk, {_gb(b['bytes'])} | "
-            f"{b['flow_ratio']:.2f}× | ≤ 1.05× ({_verdict(b['flow_ratio'] <= 1.05)}) |"
-        )
-        lib = next(row for row in b["rows"] if row["path"].startswith("icefloe library"))
-        out.append(f"| icefloe library ÷ icechunk to_icechunk | {lib['ratio']:.2f}× | — |")
-        zarr = next(row for row in b["rows"] if row["path"].startswith("xarray to_zarr"))
-        out.append(f"| plain Zarr to_zarr ÷ icechunk to_icechunk | {zarr['ratio']:.2f}× | — |")
+        for start, label, target in (
+            ("icefloe create_flow (", f"create_flow ÷ icechunk to_icechunk, {_gb(b['bytes'])}", 1),
+            (
+                "icefloe create_flow, RunOptions(batches=1)",
+                "create_flow with one batch ÷ to_icechunk",
+                1,
+            ),
+            ("icefloe library", "icefloe library ÷ icechunk to_icechunk", 0),
+            ("xarray to_zarr", "plain Zarr to_zarr ÷ icechunk to_icechunk", 0),
+        ):
+            row = next((row for row in b["rows"] if row["path"].startswith(start)), None)
+            if row is None:
+                continue
+            best = _best_ratio(b, row)
+            goal = (
+                f"≤ 1.05× (medians {_verdict(row['ratio'] <= 1.05)}, fastest "
+                f"{_verdict(best <= 1.05)})"
+                if target
+                else "—"
+            )
+            out.append(
+                f"| {label} | {row['ratio']:.2f}× (medians), {best:.2f}× (fastest runs) | {goal} |"
+            )
     f = r["fixed"]
     if not f.get("skipped"):
         flow = f["rows"][0]
@@ -155,6 +208,13 @@ def _headline(r: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
+def _best_ratio(b: dict[str, Any], row: dict[str, Any]) -> float:
+    """The row's fastest run over the reference's fastest run: noise on a shared machine only
+    ever adds time, so this is the ratio least disturbed by other work."""
+    reference = next(r for r in b["rows"] if r["path"].startswith("icechunk.xarray"))
+    return float(row["seconds"]["min"] / reference["seconds"]["min"])
+
+
 def _bulk(b: dict[str, Any]) -> list[str]:
     out = ["## 1. Bulk create", ""]
     if skipped := _skipped(b):
@@ -164,22 +224,26 @@ def _bulk(b: dict[str, Any]) -> list[str]:
         "local repository or store, every path on the same LocalCluster. The data is generated "
         "lazily block by block (`benchmarks/data.py`); *generate only* computes and reduces it "
         "without writing, the floor under every path. create_flow runs against an already "
-        "running `prefect server start` (default options: one resumable batch per GiB).",
+        "running `prefect server start`, with its default options (one resumable batch per "
+        "GiB, so two here) and with a single batch.",
         "",
-        "| path | median s | min–max s | MB/s | × to_icechunk | peak RSS, all processes |",
-        "|---|---|---|---|---|---|",
+        "| path | median s | min–max s | MB/s | × to_icechunk (medians) | × to_icechunk "
+        "(fastest runs) | peak RSS, all processes |",
+        "|---|---|---|---|---|---|---|",
     ]
     for row in b["rows"]:
         out.append(
             f"| {row['path']} | {_s(row['seconds'])} | {_range(row['seconds'])} | "
-            f"{row['mb_per_s']:.0f} | {row['ratio']:.2f} | "
+            f"{row['mb_per_s']:.0f} | {row['ratio']:.2f} | {_best_ratio(b, row):.2f} | "
             f"{_gb(row['peak_rss']['median'])} |"
         )
     per = ", ".join(f"{x:.2f}" for x in b["flow_ratio_per_repeat"])
     out += [
         "",
         f"create_flow ÷ to_icechunk: **{b['flow_ratio']:.2f}×** (per repeat: {per}); target "
-        f"≤ 1.05×: {_verdict(b['flow_ratio'] <= 1.05)}.",
+        f"≤ 1.05×: {_verdict(b['flow_ratio'] <= 1.05)}. When other work loads the machine "
+        "while one path runs and not while another does, the medians of three runs move by "
+        "more than the differences measured; the fastest runs are the least disturbed.",
         "",
     ]
     return out
@@ -246,8 +310,8 @@ def _memory(s: dict[str, Any], b: dict[str, Any]) -> list[str]:
     out += [
         "Peak resident memory summed over every process of the write — the flow process "
         "(which also runs the dask scheduler), the nannies and the workers; the Prefect "
-        "server is not counted — sampled every 0.1 s during create_flow. *Before* is the "
-        "same sum just before the run started.",
+        "server is not counted — sampled every 0.1 s during the create_flow runs of "
+        "measurement 6. *Before* is the same sum just before the run started.",
         "",
         "| data | runs | peak RSS median | min–max | before |",
         "|---|---|---|---|---|",
@@ -310,7 +374,8 @@ def _scaling(s: dict[str, Any]) -> list[str]:
     if skipped := _skipped(s):
         return [*out, skipped]
     out += [
-        "create_flow at several sizes (the 2 GB point is measurement 1's create_flow).",
+        "create_flow (default options) at several sizes, all sizes in each repeat in rotating "
+        "order; the largest runs once.",
         "",
         "| data | runs | median s | min–max s | s/GB | MB/s |",
         "|---|---|---|---|---|---|",
@@ -384,7 +449,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(3, 3, figsize=(17, 13))
+    fig, axes = plt.subplots(3, 3, figsize=(18, 14))
     fig.suptitle(
         f"icefloe benchmarks ({results['mode']} mode, {results['date']}, "
         f"{results['machine']['cores']} cores)"
@@ -412,13 +477,14 @@ def _empty(ax: Any, title: str, section: dict[str, Any]) -> bool:
 
 
 def _bars(ax: Any, labels: list[str], stats: list[dict[str, Any]], scale: float = 1.0) -> None:
+    labels = [textwrap.fill(label, 26) for label in labels]
     med = [s["median"] / scale for s in stats]
     err = [
         [m - s["min"] / scale for m, s in zip(med, stats, strict=True)],
         [s["max"] / scale - m for m, s in zip(med, stats, strict=True)],
     ]
     ax.barh(range(len(labels)), med, xerr=err, capsize=3, color="tab:blue")
-    ax.set_yticks(range(len(labels)), labels, fontsize=7)
+    ax.set_yticks(range(len(labels)), labels, fontsize=6.5)
     ax.invert_yaxis()
 
 
@@ -554,3 +620,17 @@ def _plot_text(ax: Any, results: dict[str, Any]) -> None:
         ]
     )
     ax.text(0, 1, text, va="top", family="monospace", fontsize=9, transform=ax.transAxes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    source = Path(args[0] if args else Path(__file__).parent / "results.json")
+    results = json.loads(source.read_text())
+    plot(results, source.parent / "results.png")
+    (source.parent / "RESULTS.md").write_text(markdown(results, "results.png"))
+    print(f"wrote {source.parent / 'RESULTS.md'} and {source.parent / 'results.png'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

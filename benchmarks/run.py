@@ -117,7 +117,7 @@ def main(argv: list[str] | None = None) -> int:
             "bulk": lambda: measure.bulk_create(bench),
             "fixed": lambda: measure.fixed_overhead(bench),
             "appends": lambda: measure.append_scaling(bench),
-            "scaling": lambda: measure.scaling(bench, results.get("bulk")),
+            "scaling": lambda: measure.scaling(bench),
             "resume": lambda: measure.resume(bench),
             "backfill": lambda: measure.backfill(bench),
             "improvement": lambda: measure.improvement(bench),

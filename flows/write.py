@@ -317,7 +317,7 @@ def _attempt(
         # An overwrite deletes the group, and forks that each carry that deletion cannot be
         # merged: it works in the session itself and cannot resume (FIELD-NOTES).
         workspace = session if run.overwrite else session.fork()
-        key = _resume_key(run, base) if workspace is not session else None
+        key = _resume_key(run, repo, base) if workspace is not session else None
         workspace = phases.persisted(phases.write_metadata, key)(writer, workspace, key)
         workspace = phases.persisted(phases.write_eager, key)(writer, workspace, key)
         phases.verify(writer, workspace)
@@ -353,15 +353,20 @@ def _run_key(run: _Run) -> str:
     )
 
 
-def _resume_key(run: _Run, base: str) -> str | None:
+def _resume_key(run: _Run, repo: icechunk.Repository, base: str) -> str | None:
     """Where a run's phases and batches are persisted.
 
-    Persisted forks carry the storage configuration, but never a secret: environment
-    credentials are not pickled, and a Secret block's are read by a callback that pickles
-    as the block's name (flows.targets.load_secret_credentials; tests/storage/test_s3_flows).
+    The base snapshot's write time is part of the key: every new repository starts from
+    the same snapshot id, and a repository deleted and created again at the same path
+    must not resume the old one's work. Persisted forks carry the storage configuration,
+    but never a secret: environment credentials are not pickled, and a Secret block's are
+    read by a callback that pickles as the block's name (flows.targets;
+    tests/storage/test_s3_flows).
     """
     fingerprint = run.source.model_dump_json()
-    digest = hashlib.sha256(f"{_run_key(run)}|{base}|{fingerprint}".encode()).hexdigest()
+    written = repo.lookup_snapshot(base).written_at.isoformat()
+    identity = f"{_run_key(run)}|{base}|{written}|{fingerprint}"
+    digest = hashlib.sha256(identity.encode()).hexdigest()
     return f"icefloe-{digest[:40]}"
 
 

@@ -8,6 +8,7 @@ with the same run key and is compared with an uninterrupted run of the same requ
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,4 +147,24 @@ def test_a_rerun_after_the_branch_moved_starts_from_the_new_tip(
     )
 
     assert result.snapshot_id != moved
+    xr.testing.assert_identical(read_back(repo), _expected(tmp_path))
+
+
+def test_a_repository_created_again_at_the_same_path_does_not_resume_the_old_one(
+    tmp_path: Path, scheduler_address: str, prefect_harness: str
+) -> None:
+    target, repo = _created(tmp_path, scheduler_address)
+    _run_and_kill(target, scheduler_address, "batch:3", prefect_harness, tmp_path / "batches")
+    shutil.rmtree(target.repo)
+    target, repo = _created(tmp_path, scheduler_address)  # same path, same first snapshot id
+
+    rerun: list[int] = []
+    original = tasks.batches.write_batch
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(
+            tasks.batches, "write_batch", lambda *a, **k: rerun.append(1) or original(*a, **k)
+        )
+        kill_run.run(target.repo, scheduler_address)
+
+    assert len(rerun) == kill_run.BATCHES  # nothing taken from the deleted repository
     xr.testing.assert_identical(read_back(repo), _expected(tmp_path))
