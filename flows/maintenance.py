@@ -18,7 +18,6 @@ from __future__ import annotations
 import datetime as dt
 from uuid import UUID
 
-import icechunk
 from prefect import flow, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
@@ -114,20 +113,19 @@ def _expire_and_collect(
     dry_run: bool,
 ) -> MaintenanceResult:
     repo = target.open_repository(credentials=load_credentials(target))
-    applied, kept = keep_open_bases(repo, cutoff, open_run, margin)
-    if kept:
+    summary = expire_and_collect(repo, cutoff, open_run, margin=margin, dry_run=dry_run)
+    if summary.kept_bases:
         get_run_logger().warning(
             "cutoff lowered from %s to %s to keep snapshots %s: open runs may be based on them",
             cutoff.isoformat(),
-            applied.isoformat(),
-            ", ".join(kept),
+            summary.cutoff.isoformat(),
+            ", ".join(summary.kept_bases),
         )
-    summary = expire_and_collect(repo, applied, open_run, margin=margin, dry_run=dry_run)
     return MaintenanceResult(
         repo=safe_url(target.repo),
         cutoff=summary.cutoff,
         requested_cutoff=cutoff,
-        kept_bases=kept,
+        kept_bases=summary.kept_bases,
         oldest_open_run=open_run,
         dry_run=dry_run,
         snapshots_expired=summary.snapshots_expired,
@@ -136,39 +134,6 @@ def _expire_and_collect(
         snapshots_deleted=summary.snapshots_deleted,
         bytes_deleted=summary.bytes_deleted,
     )
-
-
-def keep_open_bases(
-    repo: icechunk.Repository,
-    cutoff: dt.datetime,
-    open_run: dt.datetime | None,
-    margin: dt.timedelta,
-) -> tuple[dt.datetime, list[str]]:
-    """The cutoff lowered so that no snapshot an open run may be based on is expired, and
-    the snapshots that needed it.
-
-    A run started at T is based on a snapshot that was a branch tip at some moment after T:
-    on each branch, the newest snapshot written before T - margin (margin for clock skew)
-    or a newer one. Newer ones are younger than any accepted cutoff already.
-    """
-    if open_run is None:
-        return cutoff, []
-    horizon = open_run - margin
-    applied, kept = cutoff, []
-    for branch in sorted(repo.list_branches()):
-        for position, snapshot in enumerate(repo.ancestry(branch=branch)):
-            if snapshot.written_at > horizon:
-                continue
-            # the oldest possible base; a tip is never expired, so it needs nothing
-            if position > 0 and snapshot.written_at - margin < cutoff:
-                applied = min(applied, snapshot.written_at - margin)
-                if snapshot.id not in kept:
-                    kept.append(snapshot.id)
-            break
-    if applied < cutoff:
-        # objects written at the very instant of the base's commit must stay too
-        applied -= dt.timedelta(milliseconds=1)
-    return applied, kept
 
 
 @flow(name="icefloe-maintenance")

@@ -26,6 +26,7 @@ class MaintenanceSummary:
     manifests_deleted: int
     snapshots_deleted: int
     bytes_deleted: int
+    kept_bases: list[str]
 
 
 def check_cutoff(
@@ -62,7 +63,10 @@ def expire_and_collect(
     dry_run: bool = False,
 ) -> MaintenanceSummary:
     """Expire snapshots older than ``older_than`` and delete what no ref can reach."""
-    cutoff = check_cutoff(older_than, oldest_open_run, margin=margin)
+    # an open run needs its chunks (check_cutoff) and its base snapshot (keep_open_bases)
+    cutoff, kept = keep_open_bases(
+        repo, check_cutoff(older_than, oldest_open_run, margin=margin), oldest_open_run, margin
+    )
     expired = set() if dry_run else repo.expire_snapshots(cutoff)
     summary = repo.garbage_collect(cutoff, dry_run=dry_run)
     return MaintenanceSummary(
@@ -72,4 +76,38 @@ def expire_and_collect(
         manifests_deleted=summary.manifests_deleted,
         snapshots_deleted=summary.snapshots_deleted,
         bytes_deleted=summary.bytes_deleted,
+        kept_bases=kept,
     )
+
+
+def keep_open_bases(
+    repo: icechunk.Repository,
+    cutoff: dt.datetime,
+    open_run: dt.datetime | None,
+    margin: dt.timedelta,
+) -> tuple[dt.datetime, list[str]]:
+    """The cutoff lowered so that no snapshot an open run may be based on is expired, and
+    the snapshots that needed it.
+
+    A run started at T is based on a snapshot that was a branch tip at some moment after T:
+    on each branch, the newest snapshot written before T - margin (margin for clock skew)
+    or a newer one. Newer ones are younger than any accepted cutoff already.
+    """
+    if open_run is None:
+        return cutoff, []
+    horizon = open_run - margin
+    applied, kept = cutoff, []
+    for branch in sorted(repo.list_branches()):
+        for position, snapshot in enumerate(repo.ancestry(branch=branch)):
+            if snapshot.written_at > horizon:
+                continue
+            # the oldest possible base; a tip is never expired, so it needs nothing
+            if position > 0 and snapshot.written_at - margin < cutoff:
+                applied = min(applied, snapshot.written_at - margin)
+                if snapshot.id not in kept:
+                    kept.append(snapshot.id)
+            break
+    if applied < cutoff:
+        # objects written at the very instant of the base's commit must stay too
+        applied -= dt.timedelta(milliseconds=1)
+    return applied, kept

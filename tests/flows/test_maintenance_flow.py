@@ -264,13 +264,6 @@ def test_the_base_snapshot_of_an_open_run_is_kept(tmp_path: Path) -> None:
     assert _published_values(repo, base, fork) == [5, 5, 1, 1, 7, 7, 9, 9]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="tasks.maintenance.expire_and_collect accepts a cutoff between an open run's base "
-    "snapshot and its start (check_cutoff only protects chunks): the base is expired and "
-    "collected once the branch moved off it, and the run's commit then fails with "
-    "SnapshotNotFoundError (maintenance_flow works around it with keep_open_bases)",
-)
 def test_expire_and_collect_keeps_an_open_runs_base(tmp_path: Path) -> None:
     repo, base, fork, run_started = _run_in_flight(tmp_path / "repo")
     expire_and_collect(repo, run_started - dt.timedelta(milliseconds=1), run_started, margin=ZERO)
