@@ -196,12 +196,7 @@ def extend_to(
 def _commit_write(
     repo: icechunk.Repository, session: icechunk.Session, ds: xr.Dataset, choose: Any, message: str
 ) -> str:
-    writer = choose(XarrayDatasetWriter(ds, store=session.store))
-    plan = writer.plan()
-    writer.write_metadata()
-    writer.write_eager()
-    writer.verify()
-    writer.write_lazy()
+    plan = choose(XarrayDatasetWriter(ds, store=session.store)).write()
     with commit_lock(repo):
         return commit_session(
             session, message, {"icefloe": {"mode": plan.mode, "message": message}}

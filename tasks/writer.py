@@ -240,6 +240,15 @@ class XarrayDatasetWriter:
             session.merge(write_batch(session.fork(), batch))
         log.info("write_lazy: %s", ", ".join(batch_summary(b) for b in batches))
 
+    def write(self) -> WritePlan:
+        """Every phase in order, in this writer's session; returns the plan it carried out."""
+        plan = self.plan()
+        self.write_metadata()
+        self.write_eager()
+        self.verify()
+        self.write_lazy()
+        return plan
+
     def lazy_batches(self, dim: str | None = None, target_batches: int = 1) -> list[LazyBatch]:
         """The lazy writes as chunk-aligned windows along ``dim`` (default: the append dim).
 
@@ -436,9 +445,4 @@ def to_icechunk(
         writer = writer.for_modify(group=group, encoding=encoding)
     else:
         writer = writer.for_create_or_overwrite(group=group, mode=mode, encoding=encoding)
-    plan = writer.plan()
-    writer.write_metadata()
-    writer.write_eager()
-    writer.verify()
-    writer.write_lazy()
-    return plan
+    return writer.write()

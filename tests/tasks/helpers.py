@@ -19,12 +19,7 @@ def write(
 ) -> WritePlan:
     """All phases in order and one commit; a writer that raises leaves nothing committed."""
     session = repo.writable_session("main")
-    writer = choose(XarrayDatasetWriter(ds, store=session.store))
-    plan = writer.plan()
-    writer.write_metadata()
-    writer.write_eager()
-    writer.verify()
-    writer.write_lazy()
+    plan = choose(XarrayDatasetWriter(ds, store=session.store)).write()
     if session.has_uncommitted_changes:
         session.commit(message)
     return plan
