@@ -8,7 +8,7 @@ the metadata steps and array writes that carry it out.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,13 +32,10 @@ from tasks.plan import (
     ArrayWrite,
     MetadataSteps,
     Phase,
-    WriteMode,
     WritePlan,
 )
+from tasks.request import OnOverlap, RegionSpec, WriteMode
 from tasks.stored import StoredGroup
-
-OnOverlap = Literal["error", "skip", "overwrite"]
-RegionSpec = Mapping[str, slice | Literal["auto"]] | Literal["auto"]
 
 # Encoding keys xarray's zarr backend accepts; anything else a source carried along
 # (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
@@ -85,10 +82,6 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise PlanError(self.items, group=self.group)
-
-
-def _name(name: Hashable) -> str:
-    return str(name)
 
 
 def _dtype_label(dtype: np.dtype[Any]) -> str:
@@ -339,7 +332,7 @@ class Planner:
             )
             return False
         decoded = _stored_variable(self.stored, name)
-        ok = _dtypes_compatible(variable, decoded, stored)
+        ok = _dtypes_compatible(variable, decoded)
         if not ok:
             self.problems.add(
                 f"variable {name!r} has dtype {_dtype_label(variable.dtype)} but the store holds "
@@ -390,7 +383,7 @@ class Planner:
         return Planned(plan, steps, writes)
 
 
-def _dtypes_compatible(variable: xr.Variable, decoded: xr.Variable, stored: Any) -> bool:
+def _dtypes_compatible(variable: xr.Variable, decoded: xr.Variable) -> bool:
     new, old = variable.dtype, decoded.dtype
     if new.kind in "Mm" or old.kind in "Mm":
         return new.kind == old.kind
@@ -508,7 +501,7 @@ class ModifyPlanner(Planner):
             same_layout = (
                 tuple(map(str, variable.dims)) == stored.dims
                 and variable.shape == stored.shape
-                and _dtypes_compatible(variable, _stored_variable(self.stored, name), stored)
+                and _dtypes_compatible(variable, _stored_variable(self.stored, name))
             )
             if not same_layout:
                 replaced[name] = variable
