@@ -38,13 +38,14 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from flows.locks import serialized
+from flows.refusals import refusing
 from flows.runner import task_runner
 from flows.sources import Source, SourceModel
-from flows.targets import Target
+from flows.targets import Target, TargetNotFoundError
 from flows.write import load_credentials, open_source
 from tasks.commit import commit_lock, commit_session
 from tasks.coverage import Coverage, coverage
-from tasks.errors import CommitConflictError, PlanError
+from tasks.errors import CommitConflictError, PlanError, RequestError
 from tasks.phases import dask_client, retry_transient
 from tasks.progress import TaskCount, counting_scheduler
 from tasks.stored import StoredGroup, normalize_group
@@ -78,11 +79,18 @@ def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
     first, last = pd.Timestamp(start), pd.Timestamp(end)
     if last <= first:
         raise PlanError(f"backfill end {last} is not after its start {first}; swap or fix them")
-    edges = [*list(pd.date_range(first, last, freq=freq, inclusive="left")), last]
+    try:
+        starts = pd.date_range(first, last, freq=freq, inclusive="left")
+    except ValueError as err:
+        raise RequestError(
+            f"freq {freq!r} is not a pandas frequency ({err}); use e.g. '1D', '6h' or '1MS'"
+        ) from None
+    edges = [*list(starts), last]
     return [Window(a, b) for a, b in itertools.pairwise(edges)]
 
 
 @flow(name="icefloe-backfill", task_runner=task_runner())
+@refusing
 def backfill_flow(
     target: Target,
     source: Source,
@@ -99,7 +107,11 @@ def backfill_flow(
     logger = get_run_logger()
     group = normalize_group(group)
     windows = windows_between(start, end, freq)
-    repo = target.open_repository(create=True, credentials=load_credentials(target))
+    repo = _open_or_create(target, source, group, append_dim, windows)
+    # before a cluster is started for it: a wrong dimension is refused at once
+    _check_dimension(
+        StoredGroup(repo.readonly_session(branch=target.branch).store, group), group, append_dim
+    )
     with dask_client(scheduler_address) as client:
         with serialized(target, group), counting_scheduler(client, TaskCount()):
             extend_to(repo, target, source, group, append_dim, windows)
@@ -133,6 +145,36 @@ def backfill_flow(
         labels_total=len(found.labels),
         gaps=len(found.gaps()),
     )
+
+
+def _open_or_create(
+    target: Target, source: SourceModel, group: str | None, append_dim: str, windows: list[Window]
+) -> icechunk.Repository:
+    """The repository; a missing one is created (a backfill may start an archive), but only
+    after the group's creation from the first window was planned in memory, so that a
+    refused backfill leaves nothing behind."""
+    credentials = load_credentials(target)
+    try:
+        return target.open_repository(credentials=credentials)
+    except TargetNotFoundError:
+        pass
+    first = windows[0]
+    scratch = icechunk.Repository.create(icechunk.in_memory_storage()).writable_session("main")
+    initial = open_source(source, first.start, first.end)
+    XarrayDatasetWriter(initial, store=scratch.store).for_append(
+        group, append_dim=append_dim
+    ).plan()
+    return target.open_repository(create=True, credentials=credentials)
+
+
+def _check_dimension(stored: StoredGroup, group: str | None, append_dim: str) -> None:
+    if not stored.is_empty and append_dim not in stored.dataset.indexes:
+        raise PlanError(
+            f"it has no dimension {append_dim!r} to fill (its dimensions: "
+            f"{sorted(str(d) for d in stored.dataset.dims)}); pass one of them as --append-dim "
+            "(append_dim=)",
+            group=group,
+        )
 
 
 def _run_windows(todo: list[Window], batch: int, progress: Any, run: Any) -> None:
@@ -174,6 +216,7 @@ def extend_to(
         )
         session = repo.writable_session(target.branch)
         stored = StoredGroup(session.store, group)
+    _check_dimension(stored, group, append_dim)
     last = stored.dataset.indexes[append_dim][-1]
     beyond = open_source(source, last, windows[-1].end)
     labels = beyond.indexes[append_dim]

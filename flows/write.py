@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
+from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.runner import scheduler_address as resolve_scheduler_address
 from flows.runner import task_runner
@@ -44,10 +45,11 @@ from flows.sources import IcechunkSource, Source, SourceModel
 from flows.targets import Target, TargetError, TargetNotFoundError, safe_url
 from tasks import phases
 from tasks.audit import AuditRules, audit_snapshot
-from tasks.errors import CommitConflictError
+from tasks.errors import CommitConflictError, GroupNotFoundError
 from tasks.plan import WritePlan, human_bytes
 from tasks.planner import OnOverlap, RegionSpec
 from tasks.publish import Audit
+from tasks.stored import StoredGroup, normalize_group
 from tasks.writer import XarrayDatasetWriter
 
 __all__ = [
@@ -114,6 +116,7 @@ class RunOptions(BaseModel):
 
 
 @flow(name="icefloe-create", task_runner=task_runner())
+@refusing
 def create_flow(
     target: Target,
     source: Source,
@@ -145,6 +148,7 @@ def create_flow(
 
 
 @flow(name="icefloe-modify", task_runner=task_runner())
+@refusing
 def modify_flow(
     target: Target,
     source: Source,
@@ -177,6 +181,7 @@ def modify_flow(
 
 
 @flow(name="icefloe-append", task_runner=task_runner())
+@refusing
 def append_flow(
     target: Target,
     source: Source,
@@ -188,10 +193,15 @@ def append_flow(
     options: RunOptions | None = None,
     window_start: dt.datetime | None = None,
     window_end: dt.datetime | None = None,
+    create_missing: bool = False,
 ) -> WriteResult:
     """Extend the group along ``append_dim`` with the source's labels; ``on_overlap`` says
     what labels already stored do: "error", "skip" (re-runs are no-ops) or "overwrite".
-    ``window_start``/``window_end`` cut the source to [start, end)."""
+    ``window_start``/``window_end`` cut the source to [start, end).
+
+    A missing repository or group is an error (a mistyped target must not start a second
+    archive) unless ``create_missing``, which the scheduled deployment sets so that its
+    first run creates them from the source."""
     return _write(
         _Run(
             target,
@@ -201,7 +211,7 @@ def append_flow(
             scheduler_address,
             options or RunOptions(),
             kind="append",
-            create_repository=True,
+            create_repository=create_missing,
             window=(window_start, window_end),
         ),
         lambda writer: writer.for_append(group, append_dim=append_dim, on_overlap=on_overlap),
@@ -209,6 +219,7 @@ def append_flow(
 
 
 @flow(name="icefloe-region", task_runner=task_runner())
+@refusing
 def region_flow(
     target: Target,
     source: Source,
@@ -270,8 +281,9 @@ def _write(run: _Run, choose: Choose) -> WriteResult:
     logger = get_run_logger()
     if not run.dry_run:
         check_scheduler(_scheduler(run))
-    repo = _open_repository(run)
+    # The source first: a source that cannot be read must not leave a new repository behind.
     dataset = open_source(run.source, *run.window)
+    repo = _open_repository(run, choose, dataset)
     locked = run.changes_metadata and run.options.serialize and not run.dry_run
     with serialized(run.target, run.group, enabled=locked):
         for attempt in range(1, run.options.start_over_attempts + 1):
@@ -305,6 +317,8 @@ def _attempt(
     session = _session(repo, run, staging if run.overwrite else None)
     base = session.snapshot_id
     try:
+        if not run.create_repository:
+            _require_group(session, run)
         writer = choose(XarrayDatasetWriter(dataset, store=session.store))
         plan = phases.plan(writer)
         logger.info("plan for %s:\n%s", _where(run.target), plan)
@@ -398,17 +412,49 @@ def _audit_snapshot(
     audit_snapshot(repo, snapshot, plan, source, rules)
 
 
-def _open_repository(run: _Run) -> icechunk.Repository:
+def _open_repository(run: _Run, choose: Choose, dataset: xr.Dataset) -> icechunk.Repository:
+    """The target's repository. Only create (and a scheduled append's first run) may create
+    it, and only once the request has been planned against an empty repository in memory:
+    a request refused there leaves nothing behind on disk."""
     credentials = load_credentials(run.target)
+    try:
+        return run.target.open_repository(credentials=credentials)
+    except TargetNotFoundError as err:
+        if not run.create_repository:
+            raise TargetNotFoundError(
+                f"no Icechunk repository at {_where(run.target)}: {run.kind} writes only into "
+                "an existing repository; check --target (Target.repo) for a typo, or create "
+                "the repository with `icefloe create` (create_flow)"
+            ) from err
+        if run.target.branch != "main":
+            raise TargetNotFoundError(
+                f"no Icechunk repository at {_where(run.target)}, and a new repository has "
+                "only the branch 'main': create it on 'main' first, then create the branch"
+            ) from err
+    scratch = icechunk.Repository.create(icechunk.in_memory_storage())
     if run.dry_run:
-        try:
-            return run.target.open_repository(credentials=credentials)
-        except TargetNotFoundError:
-            if not run.create_repository:
-                raise
-            # Plan the creation against an empty repository, without creating the real one.
-            return icechunk.Repository.create(icechunk.in_memory_storage())
-    return run.target.open_repository(create=run.create_repository, credentials=credentials)
+        return scratch  # the dry run plans against it; nothing is created
+    choose(XarrayDatasetWriter(dataset, store=scratch.writable_session("main").store)).plan()
+    return run.target.open_repository(create=True, credentials=credentials)
+
+
+def _require_group(session: icechunk.Session, run: _Run) -> None:
+    """Refuse modify, append and region on a group that holds nothing: only create makes one."""
+    group = normalize_group(run.group)
+    stored = StoredGroup(session.store, group)
+    if not stored.is_empty:
+        return
+    what = (
+        f"there is no group {group!r} in {_where(run.target)}"
+        if not stored.exists
+        else f"{f'group {group!r}' if group else 'the root group'} of {_where(run.target)} "
+        "holds no arrays"
+    )
+    raise GroupNotFoundError(
+        f"{what}: {run.kind} writes only into an existing group; check --group (group=) for a "
+        "typo, or create the group with `icefloe create` (create_flow)",
+        group=group,
+    )
 
 
 def _session(repo: icechunk.Repository, run: _Run, staging: str | None = None) -> icechunk.Session:

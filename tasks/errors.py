@@ -37,7 +37,7 @@ class PlanError(IcefloeError, ValueError):
     """
 
     def __init__(
-        self, problems: list[str] | str, *, group: str | None | _NotAGroup = NOT_A_GROUP
+        self, problems: list[str] | str, *, group: str | _NotAGroup | None = NOT_A_GROUP
     ) -> None:
         self.problems = [problems] if isinstance(problems, str) else list(problems)
         self.group = None if isinstance(group, _NotAGroup) else group
@@ -76,6 +76,11 @@ class RequestError(IcefloeError, ValueError):
     """An option is malformed by itself, before any store is read: JSON that does not parse
     or does not fit the option's model, a value of the wrong kind. The message names the
     option, what is wrong and a valid example."""
+
+
+class SourceNotFoundError(IcefloeError, FileNotFoundError):
+    """The source names data that is not there: files no pattern matches, a missing store or
+    group. Still a FileNotFoundError, which is what callers caught before."""
 
 
 def is_refusal(exc: BaseException) -> bool:
