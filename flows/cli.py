@@ -45,7 +45,7 @@ from flows.write import (
     region_flow,
 )
 from tasks.coverage import coverage
-from tasks.errors import GroupNotFoundError, IcefloeError, RequestError, is_refusal
+from tasks.errors import GroupNotFoundError, IcefloeError, PlanError, RequestError, is_refusal
 from tasks.plan import human_bytes
 from tasks.progress import watch_progress
 from tasks.stored import StoredGroup, normalize_group
@@ -342,6 +342,7 @@ def coverage_command(
         parsed = _target(target, branch)
         session = parsed.open_repository().readonly_session(branch=branch)
         _require_group(session, group, parsed)
+        _require_dimension(session, group, append_dim)
         found = coverage(session, normalize_group(group), append_dim)
         if png is not None:
             found.plot(str(png))
@@ -442,6 +443,16 @@ def _require_group(session: Any, group: str | None, target: Target) -> None:
             f"there is no group {normalized!r} in {target.repo} (branch {target.branch}); "
             "check --group for a typo",
             group=normalized,
+        )
+
+
+def _require_dimension(session: Any, group: str | None, dim: str) -> None:
+    stored = StoredGroup(session.store, normalize_group(group))
+    if not stored.is_empty and dim not in stored.dataset.indexes:
+        raise PlanError(
+            f"it has no dimension {dim!r} (its dimensions: "
+            f"{sorted(str(d) for d in stored.dataset.dims)}); pass one of them as --append-dim",
+            group=normalize_group(group),
         )
 
 
