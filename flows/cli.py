@@ -6,6 +6,7 @@ environment, or a temporary local one) and shows a progress bar while the lazy w
 
 from __future__ import annotations
 
+import json
 import logging
 import textwrap
 import traceback
@@ -143,7 +144,7 @@ def create(
         scheduler_address,
         group=group,
         overwrite=overwrite,
-        encoding=_encoding_option(encoding),
+        encoding=lambda: _encoding_option(encoding),
     )
 
 
@@ -431,6 +432,14 @@ def _region_option(text: str) -> RegionParameter:
     if text.strip() == "auto":
         return "auto"
     value = loads_json("--region", text, REGION_EXAMPLE)
+    for dim, bounds in value.items():
+        # Checked by hand: pydantic's answer for a union is one line per member it tried.
+        pair = isinstance(bounds, list) and len(bounds) == 2
+        if bounds != "auto" and not (pair and all(type(b) is int for b in bounds)):
+            raise RequestError(
+                f'--region is not valid: {dim!r} must be [start, stop] (two integers) or "auto", '
+                f"not {json.dumps(bounds)}; e.g. --region '{REGION_EXAMPLE}'"
+            )
     region: RegionParameter = validate("--region", _REGION, value, REGION_EXAMPLE)
     return region
 

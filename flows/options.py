@@ -60,6 +60,8 @@ def _problem(item: Any) -> str:
     loc = [str(part) for part in item["loc"]]
     if len(loc) > 1 and loc[0] in _SOURCE_KINDS:
         loc = loc[1:]
+    # Unions add the member they tried (e.g. "tuple[int, int]") to the location: not a key.
+    loc = [part for part in loc if not any(c in part for c in "[(,")]
     where = ".".join(loc)
     if kind == "union_tag_not_found":
         return f"it needs a {ctx.get('discriminator', 'kind')} key"
