@@ -531,16 +531,26 @@ def _log_block(snapshot: Any, width: int) -> list[str]:
     block = snapshot.metadata.get("icefloe") or {}
     head = f"commit {snapshot.id}  {snapshot.written_at.strftime('%Y-%m-%d %H:%M:%S %Z')}"
     lines = [head.rstrip()]
-    if block:
-        what = [str(block.get("mode", "")), f"group {block.get('group') or '/'}"]
-        if "label_range" in block:
-            what.append(" … ".join(block["label_range"]))
-        elif "region" in block:
-            what.append(", ".join(f"{d}[{a}:{b}]" for d, (a, b) in block["region"].items()))
-        lines += _wrapped(" · ".join(w for w in what if w), width)
-        if block.get("variables"):
-            lines += _wrapped("variables: " + ", ".join(block["variables"]), width)
-    lines += _wrapped(snapshot.message, width)
+    if not block:
+        return lines + _wrapped(snapshot.message, width)
+    what = [str(block.get("mode", "")), f"group {block.get('group') or '/'}"]
+    if "label_range" in block:
+        dim = block.get("append_dim", "")
+        what.append(f"{dim} {' … '.join(block['label_range'])}".strip())
+    elif "region" in block:
+        what.append(", ".join(f"{d}[{a}:{b}]" for d, (a, b) in block["region"].items()))
+    lines += _wrapped(" · ".join(w for w in what if w), width)
+    size = []
+    if "chunks_written" in block:
+        size.append(f"{block['chunks_written']} chunks, {human_bytes(block['bytes_written'])}")
+    if block.get("flow_run_name"):
+        size.append(f"flow run {block['flow_run_name']}")
+    if size:
+        lines += _wrapped(" · ".join(size), width)
+    if block.get("variables"):
+        lines += _wrapped("variables: " + ", ".join(block["variables"]), width)
+    if not snapshot.message.startswith("icefloe: "):  # icefloe's own repeats the lines above
+        lines += _wrapped(snapshot.message, width)
     return lines
 
 
