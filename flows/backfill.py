@@ -37,15 +37,17 @@ from prefect.artifacts import (
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.runner import task_runner
 from flows.sources import Source, SourceModel
-from flows.targets import Target
+from flows.targets import Target, TargetNotFoundError
 from flows.write import WriteRun, load_credentials, open_source, run_write
 from tasks.coverage import Coverage, coverage
-from tasks.errors import PlanError
+from tasks.errors import PlanError, RequestError
 from tasks.request import WriteRequest
 from tasks.stored import StoredGroup, normalize_group
+from tasks.writer import XarrayDatasetWriter
 
 __all__ = ["BackfillResult", "backfill_flow", "publish_coverage"]
 
@@ -75,11 +77,18 @@ def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
     first, last = pd.Timestamp(start), pd.Timestamp(end)
     if last <= first:
         raise PlanError(f"backfill end {last} is not after its start {first}; swap or fix them")
-    edges = [*list(pd.date_range(first, last, freq=freq, inclusive="left")), last]
+    try:
+        starts = pd.date_range(first, last, freq=freq, inclusive="left")
+    except ValueError as err:
+        raise RequestError(
+            f"freq {freq!r} is not a pandas frequency ({err}); use e.g. '1D', '6h' or '1MS'"
+        ) from None
+    edges = [*list(starts), last]
     return [Window(a, b) for a, b in itertools.pairwise(edges)]
 
 
 @flow(name="icefloe-backfill", task_runner=task_runner())
+@refusing
 def backfill_flow(
     target: Target,
     source: Source,
@@ -110,8 +119,12 @@ def backfill_flow(
     logger = get_run_logger()
     group = normalize_group(group)
     windows = windows_between(start, end, freq)
-    repo = target.open_repository(create=True, credentials=load_credentials(target))
     backfill = _Backfill(target, source, group, append_dim, scheduler_address)
+    repo = backfill.open_or_create(windows)
+    # before a cluster is started for it: a wrong dimension is refused at once
+    _check_dimension(
+        StoredGroup(repo.readonly_session(branch=target.branch).store, group), group, append_dim
+    )
     backfill.extend_to(repo, windows)
     found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
     todo = [w for w in windows if found.missing_between(w.start, w.end)]
@@ -138,6 +151,16 @@ def backfill_flow(
         labels_total=len(found.labels),
         gaps=len(found.gaps()),
     )
+
+
+def _check_dimension(stored: StoredGroup, group: str | None, append_dim: str) -> None:
+    if not stored.is_empty and append_dim not in stored.dataset.indexes:
+        raise PlanError(
+            f"it has no dimension {append_dim!r} to fill (its dimensions: "
+            f"{sorted(str(d) for d in stored.dataset.dims)}); pass one of them as --append-dim "
+            "(append_dim=)",
+            group=group,
+        )
 
 
 def _run_windows(
@@ -168,30 +191,47 @@ class _Backfill:
     append_dim: str
     scheduler_address: str | None
 
-    def _write(self, request: WriteRequest, window: Window, dataset: xr.Dataset) -> WriteResult:
+    def _write(
+        self, request: WriteRequest, window: Window, dataset: xr.Dataset, *, creates: bool = False
+    ) -> WriteResult:
         run = WriteRun(
             self.target,
             self.source,
             request,
             scheduler_address=self.scheduler_address,
+            create_repository=creates,
             window=(window.start.to_pydatetime(), window.end.to_pydatetime()),
             publish_summary=False,
         )
         return run_write(run, dataset)
 
+    def _first_window(self, windows: list[Window]) -> tuple[WriteRequest, Window, xr.Dataset]:
+        first = windows[0]
+        request = WriteRequest(mode="append", group=self.group, append_dim=self.append_dim)
+        return request, first, open_source(self.source, first.start, first.end)
+
+    def open_or_create(self, windows: list[Window]) -> icechunk.Repository:
+        """The repository; a missing one is created (a backfill may start an archive), but
+        only after the group's creation from the first window was planned in memory, so
+        that a refused backfill leaves nothing behind."""
+        credentials = load_credentials(self.target)
+        try:
+            return self.target.open_repository(credentials=credentials)
+        except TargetNotFoundError:
+            pass
+        request, _, initial = self._first_window(windows)
+        scratch = icechunk.Repository.create(icechunk.in_memory_storage()).writable_session("main")
+        XarrayDatasetWriter(initial, store=scratch.store).for_request(request).plan()
+        return self.target.open_repository(create=True, credentials=credentials)
+
     def extend_to(self, repo: icechunk.Repository, windows: list[Window]) -> None:
         """Create the group from the first window if it is missing, then grow its arrays to
         the last window's end with labels only (values stay missing until their window runs)."""
         stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
-        first = windows[0]
         if stored.is_empty:
-            initial = open_source(self.source, first.start, first.end)
-            self._write(
-                WriteRequest(mode="append", group=self.group, append_dim=self.append_dim),
-                first,
-                initial,
-            )
+            self._write(*self._first_window(windows), creates=True)
             stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
+        _check_dimension(stored, self.group, self.append_dim)
         last = stored.dataset.indexes[self.append_dim][-1]
         beyond = open_source(self.source, last, windows[-1].end)
         labels = beyond.indexes[self.append_dim]

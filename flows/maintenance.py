@@ -35,6 +35,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from flows.metadata import current_run
+from flows.refusals import refusing
 from flows.targets import Target, safe_url
 from flows.write import load_credentials
 from tasks.errors import PlanError
@@ -137,6 +138,7 @@ def _expire_and_collect(
 
 
 @flow(name="icefloe-maintenance")
+@refusing
 def maintenance_flow(
     target: Target,
     older_than: dt.datetime | dt.timedelta = dt.timedelta(days=7),

@@ -16,6 +16,7 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.backfill import publish_coverage
+from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.runner import task_runner
 from flows.sources import Source
@@ -43,6 +44,7 @@ def _as_naive_utc(moment: dt.datetime) -> pd.Timestamp:
 
 
 @flow(name="icefloe-scheduled-append", task_runner=task_runner())
+@refusing
 def scheduled_append_flow(
     target: Target,
     source: Source,
@@ -86,6 +88,8 @@ def scheduled_append_flow(
         options=RunOptions(),
         window_start=start,
         window_end=until + pd.Timedelta(1, "ns"),
+        # the documented first run: an empty target gets the repository and the group
+        create_missing=True,
     )
     repo = target.open_repository(credentials=load_credentials(target))
     publish_coverage(

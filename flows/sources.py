@@ -44,6 +44,7 @@ from pydantic import (
     model_validator,
 )
 
+from flows.options import loads_json, validate
 from flows.targets import (
     SAFE_STORAGE_OPTION_KEYS,
     Target,
@@ -52,6 +53,7 @@ from flows.targets import (
     is_credential_key,
     safe_url,
 )
+from tasks.errors import RequestError, SourceNotFoundError
 
 __all__ = [
     "FilesSource",
@@ -395,7 +397,7 @@ class FilesSource(_SourceBase):
                 missing.append(pattern if pattern == template else f"{pattern} (from {template})")
             files.extend(matches)
         if missing:
-            raise FileNotFoundError(
+            raise SourceNotFoundError(
                 f"no file matches FilesSource.paths {', '.join(repr(m) for m in missing)} (working "
                 f"directory {os.getcwd()}): fix the paths or glob patterns, or the run's window "
                 "for {start}/{end} placeholders"
@@ -511,7 +513,7 @@ class ZarrSource(_SourceBase):
             )
         except (FileNotFoundError, KeyError) as err:  # zarr raises KeyError for a missing group
             where = f"group {self.group!r} of " if self.group else ""
-            raise FileNotFoundError(
+            raise SourceNotFoundError(
                 f"cannot open {where}the Zarr store {safe_url(self.url)!r}: {err}; fix "
                 "ZarrSource.url" + (" or ZarrSource.group" if self.group else "")
             ) from err
@@ -577,7 +579,7 @@ class IcechunkSource(_SourceBase):
         try:
             ds = xr.open_zarr(session.store, group=self.group, consolidated=False, chunks={})
         except (FileNotFoundError, KeyError) as err:
-            raise FileNotFoundError(
+            raise SourceNotFoundError(
                 f"the group {self.group!r} does not exist in {where}: set IcechunkSource.group "
                 "to an existing group (null for the root)"
             ) from err
@@ -1146,28 +1148,34 @@ SourceAdapter: TypeAdapter[Source] = TypeAdapter(Source)
 """Validates and serialises a Source: ``SourceAdapter.validate_python(dict)``,
 ``validate_json(str)``, ``dump_json(source)``, ``json_schema()``."""
 
+SOURCE_EXAMPLE = '{"kind": "synthetic", "periods": 48}'
+"""A valid source spec, shown in errors about a malformed one."""
+
 _SOURCE_CLASSES = (FilesSource, ZarrSource, IcechunkSource, PythonSource, SyntheticSource)
 
 
-def parse_source(value: str | Mapping[str, Any] | SourceModel) -> Source:
+def parse_source(
+    value: str | Mapping[str, Any] | SourceModel, *, name: str = "the source"
+) -> Source:
     """A Source from a model, a dict, a JSON object string, or a plain path or glob (files).
 
-    Raises pydantic.ValidationError (a ValueError) naming the field at fault.
+    Raises RequestError (a ValueError) in the user's terms, naming the option (``name``,
+    e.g. ``--source``), the key at fault and a valid example.
     """
     if isinstance(value, _SOURCE_CLASSES):
         return value
     if isinstance(value, str):
         text = value.strip()
         if not text:
-            raise ValueError(
-                "the source is empty: give a path or glob of files, or a JSON source spec such "
-                'as {"kind": "synthetic"}'
+            raise RequestError(
+                f"{name} is empty: give a path or glob of files, or a JSON source spec such "
+                f"as {SOURCE_EXAMPLE}"
             )
-        if text.startswith("{"):
-            return SourceAdapter.validate_json(text)
-        return FilesSource(paths=[text])
+        if not text.startswith(("{", "[")):
+            return FilesSource(paths=[text])
+        value = loads_json(name, text, SOURCE_EXAMPLE)
     if isinstance(value, Mapping):
-        return SourceAdapter.validate_python(dict(value))
+        return validate(name, SourceAdapter, dict(value), SOURCE_EXAMPLE)
     raise TypeError(
         f"cannot make a source from a {type(value).__name__}: pass a Source model, a dict, a "
         "JSON string or a path"

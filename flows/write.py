@@ -37,6 +37,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
+from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.runner import scheduler_address as resolve_scheduler_address
 from flows.runner import task_runner
@@ -44,10 +45,11 @@ from flows.sources import IcechunkSource, Source, SourceModel
 from flows.targets import Target, TargetError, TargetNotFoundError, safe_url
 from tasks import phases
 from tasks.audit import AuditRules, audit_snapshot
-from tasks.errors import CommitConflictError
+from tasks.errors import CommitConflictError, GroupNotFoundError
 from tasks.plan import WritePlan, human_bytes
 from tasks.publish import Audit
 from tasks.request import OnOverlap, RegionSpec, WriteMode, WriteRequest
+from tasks.stored import StoredGroup
 from tasks.writer import XarrayDatasetWriter
 
 __all__ = [
@@ -114,6 +116,7 @@ class RunOptions(BaseModel):
 
 
 @flow(name="icefloe-create", task_runner=task_runner())
+@refusing
 def create_flow(
     target: Target,
     source: Source,
@@ -150,6 +153,7 @@ def create_flow(
 
 
 @flow(name="icefloe-modify", task_runner=task_runner())
+@refusing
 def modify_flow(
     target: Target,
     source: Source,
@@ -183,6 +187,7 @@ def modify_flow(
 
 
 @flow(name="icefloe-append", task_runner=task_runner())
+@refusing
 def append_flow(
     target: Target,
     source: Source,
@@ -194,8 +199,13 @@ def append_flow(
     options: RunOptions | None = None,
     window_start: dt.datetime | None = None,
     window_end: dt.datetime | None = None,
+    create_missing: bool = False,
 ) -> WriteResult:
     """Extend the group along ``append_dim`` with the source's labels.
+
+    A missing repository or group is an error (a mistyped target must not start a second
+    archive) unless ``create_missing``, which the scheduled deployment sets so that its
+    first run creates them from the source.
 
     Args:
         target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
@@ -212,6 +222,9 @@ def append_flow(
         options: Resuming, batching, staged publishing and locking; defaults suit most runs.
         window_start: Cut the source to labels at or after this time.
         window_end: Cut the source to labels before this time.
+        create_missing: Create the repository and the group from the source when they do
+            not exist yet (a scheduled append's first run); otherwise their absence is an
+            error, so that a mistyped target never starts a second archive.
     """
     request = WriteRequest(mode="append", group=group, append_dim=append_dim, on_overlap=on_overlap)
     return run_write(
@@ -222,13 +235,14 @@ def append_flow(
             dry_run,
             scheduler_address,
             options,
-            create_repository=True,
+            create_repository=create_missing,
             window=(window_start, window_end),
         )
     )
 
 
 @flow(name="icefloe-region", task_runner=task_runner())
+@refusing
 def region_flow(
     target: Target,
     source: Source,
@@ -257,6 +271,7 @@ def region_flow(
 
 
 @flow(name="icefloe-write", task_runner=task_runner())
+@refusing
 def write_flow(
     target: Target,
     source: Source,
@@ -311,8 +326,7 @@ def write_flow(
             dry_run,
             scheduler_address,
             options,
-            # as the mode's own flow would
-            create_repository=mode in ("create", "overwrite", "append"),
+            create_repository=request.creates_group,
         )
     )
 
@@ -358,9 +372,10 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     logger = get_run_logger()
     if not run.dry_run:
         check_scheduler(_scheduler(run))
-    repo = _open_repository(run)
+    # The source first: a source that cannot be read must not leave a new repository behind.
     if dataset is None:
         dataset = open_source(run.source, *run.window)
+    repo = _open_repository(run, dataset)
     request, attempts = run.request, run.settings.start_over_attempts
     locked = request.changes_metadata and run.settings.serialize and not run.dry_run
     with serialized(run.target, request.group, enabled=locked):
@@ -395,6 +410,8 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
     session = _session(repo, run, staging if overwrite else None)
     base = session.snapshot_id
     try:
+        if not run.create_repository:
+            _require_group(session, run)
         writer = XarrayDatasetWriter(dataset, store=session.store).for_request(run.request)
         plan = phases.plan(writer)
         logger.info("plan for %s:\n%s", _where(run.target), plan)
@@ -500,17 +517,50 @@ def _audit_snapshot(
     audit_snapshot(repo, snapshot, plan, source, rules)
 
 
-def _open_repository(run: WriteRun) -> icechunk.Repository:
+def _open_repository(run: WriteRun, dataset: xr.Dataset) -> icechunk.Repository:
+    """The target's repository. Only create (and a scheduled append's first run) may create
+    it, and only once the request has been planned against an empty repository in memory:
+    a request refused there leaves nothing behind on disk."""
     credentials = load_credentials(run.target)
+    try:
+        return run.target.open_repository(credentials=credentials)
+    except TargetNotFoundError as err:
+        if not run.create_repository:
+            raise TargetNotFoundError(
+                f"no Icechunk repository at {_where(run.target)}: {run.request.mode} writes "
+                "only into an existing repository; check --target (Target.repo) for a typo, "
+                "or create the repository with `icefloe create` (create_flow)"
+            ) from err
+        if run.target.branch != "main":
+            raise TargetNotFoundError(
+                f"no Icechunk repository at {_where(run.target)}, and a new repository has "
+                "only the branch 'main': create it on 'main' first, then create the branch"
+            ) from err
+    scratch = icechunk.Repository.create(icechunk.in_memory_storage())
     if run.dry_run:
-        try:
-            return run.target.open_repository(credentials=credentials)
-        except TargetNotFoundError:
-            if not run.create_repository:
-                raise
-            # Plan the creation against an empty repository, without creating the real one.
-            return icechunk.Repository.create(icechunk.in_memory_storage())
-    return run.target.open_repository(create=run.create_repository, credentials=credentials)
+        return scratch  # the dry run plans against it; nothing is created
+    store = scratch.writable_session("main").store
+    XarrayDatasetWriter(dataset, store=store).for_request(run.request).plan()
+    return run.target.open_repository(create=True, credentials=credentials)
+
+
+def _require_group(session: icechunk.Session, run: WriteRun) -> None:
+    """Refuse modify, append and region on a group that holds nothing: only create makes one."""
+    group = run.request.group
+    stored = StoredGroup(session.store, group)
+    if not stored.is_empty:
+        return
+    what = (
+        f"there is no group {group!r} in {_where(run.target)}"
+        if not stored.exists
+        else f"{f'group {group!r}' if group else 'the root group'} of {_where(run.target)} "
+        "holds no arrays"
+    )
+    raise GroupNotFoundError(
+        f"{what}: {run.request.mode} writes only into an existing group; check --group "
+        "(group=) for a typo, or create the group with `icefloe create` (create_flow)",
+        group=group,
+    )
 
 
 def _session(

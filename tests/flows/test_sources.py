@@ -28,6 +28,7 @@ from flows.sources import (
     parse_source,
 )
 from flows.targets import Target, TargetNotFoundError
+from tasks.errors import RequestError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -593,13 +594,13 @@ def test_parse_source_forms(tmp_path: Path) -> None:
     assert parse_source({"kind": "zarr", "url": "x.zarr"}) == ZarrSource(url="x.zarr")
     model = SyntheticSource()
     assert parse_source(model) is model
-    with pytest.raises(ValueError, match="JSON source spec"):
+    with pytest.raises(RequestError, match="JSON source spec"):
         parse_source("  ")
-    with pytest.raises(ValidationError, match="kind"):
+    with pytest.raises(RequestError, match="kind"):
         parse_source({"url": "x.zarr"})
-    with pytest.raises(ValidationError, match="nx"):
+    with pytest.raises(RequestError, match="nx"):
         parse_source('{"kind": "synthetic", "nx": -1}')
-    with pytest.raises(ValidationError, match="colour"):
+    with pytest.raises(RequestError, match="colour"):
         parse_source({"kind": "synthetic", "colour": "red"})
     with pytest.raises(TypeError, match="cannot make a source"):
         parse_source(42)  # type: ignore[arg-type]
