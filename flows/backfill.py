@@ -174,7 +174,7 @@ def extend_to(
         )
         session = repo.writable_session(target.branch)
         stored = StoredGroup(session.store, group)
-    last = stored.dataset.indexes[append_dim][-1]
+    last = stored.indexes[append_dim][-1]
     beyond = open_source(source, last, windows[-1].end)
     labels = beyond.indexes[append_dim]
     labels = labels[labels > last]

@@ -17,15 +17,14 @@ from __future__ import annotations
 import math
 import pickle
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import icechunk.dask
-import xarray as xr
 import zarr
 
 from tasks.encoding import encode_for_store
 from tasks.plan import ArrayWrite
-from tasks.stored import array_path
+from tasks.stored import array_path, stored_encodings
 
 if TYPE_CHECKING:
     from icechunk.session import ForkSession
@@ -134,21 +133,3 @@ def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = N
         regions=[w.region for w in batch.writes],
         split_every=split_every,
     )
-
-
-def stored_encodings(store: Any, group: str | None) -> dict[str, dict[str, Any]]:
-    """The encoding of every array of the group, as xarray reads it back.
-
-    Without default indexes: encodings come from the arrays' metadata, and building the
-    indexes would read every chunk of every dimension coordinate, which for a time axis
-    grows with each append (benchmarks/RESULTS.md, "Profile and improvement").
-    """
-    stored = xr.open_zarr(
-        store,
-        group=group,
-        consolidated=False,
-        chunks=None,
-        zarr_format=3,
-        create_default_indexes=False,
-    )
-    return {str(name): dict(var.encoding) for name, var in stored.variables.items()}

@@ -117,7 +117,8 @@ def _labels_text(index: pd.Index) -> tuple[str, str]:
 
 
 def _stored_variable(stored: StoredGroup, name: str) -> xr.Variable:
-    return stored.dataset.variables[name]
+    """A stored variable decoded on its own, for comparing values (read lazily)."""
+    return stored.variable(name)
 
 
 def _values_equal(a: xr.Variable, b: xr.Variable) -> bool:
@@ -338,19 +339,19 @@ class Planner:
                 f"{stored.dims}; transpose or rename the dimensions to match, or {what}"
             )
             return False
-        decoded = _stored_variable(self.stored, name)
-        ok = _dtypes_compatible(variable, decoded, stored)
+        decoded_dtype, encoding = self.stored.schemas[name]
+        ok = _dtypes_compatible(variable, decoded_dtype, encoding)
         if not ok:
             self.problems.add(
                 f"variable {name!r} has dtype {_dtype_label(variable.dtype)} but the store holds "
-                f"{_dtype_label(decoded.dtype)}; cast it with ds[{name!r}].astype("
-                f"'{decoded.dtype}') or {what}"
+                f"{_dtype_label(decoded_dtype)}; cast it with ds[{name!r}].astype("
+                f"'{decoded_dtype}') or {what}"
             )
         return ok
 
     def check_encodable(self, name: str, variable: xr.Variable) -> None:
         """Values that the stored units/calendar/dtype cannot represent, found before writing."""
-        stored_encoding = _stored_variable(self.stored, name).encoding
+        stored_encoding = self.stored.encodings[name]
         if _is_lazy(variable):
             return
         try:
@@ -390,13 +391,16 @@ class Planner:
         return Planned(plan, steps, writes)
 
 
-def _dtypes_compatible(variable: xr.Variable, decoded: xr.Variable, stored: Any) -> bool:
-    new, old = variable.dtype, decoded.dtype
+def _dtypes_compatible(
+    variable: xr.Variable, decoded_dtype: np.dtype[Any], encoding: Mapping[str, Any]
+) -> bool:
+    """Whether ``variable`` may be written into a stored array decoding to ``decoded_dtype``."""
+    new, old = variable.dtype, decoded_dtype
     if new.kind in "Mm" or old.kind in "Mm":
         return new.kind == old.kind
     if new.kind in "OUST" or old.kind in "OUST":
         return new.kind in "OUST" and old.kind in "OUST"
-    scaled = "scale_factor" in decoded.encoding or "add_offset" in decoded.encoding
+    scaled = "scale_factor" in encoding or "add_offset" in encoding
     if scaled:
         return new.kind == "f"
     return new == old
@@ -508,7 +512,7 @@ class ModifyPlanner(Planner):
             same_layout = (
                 tuple(map(str, variable.dims)) == stored.dims
                 and variable.shape == stored.shape
-                and _dtypes_compatible(variable, _stored_variable(self.stored, name), stored)
+                and _dtypes_compatible(variable, *self.stored.schemas[name])
             )
             if not same_layout:
                 replaced[name] = variable
@@ -652,8 +656,8 @@ class AppendPlanner(Planner):
             old_len,
             0,
         )  # store position the write starts at; first ds label kept
-        if new_labels is not None and dim in stored.dataset.indexes and len(new_labels):
-            stored_labels = stored.dataset.indexes[dim]
+        if new_labels is not None and dim in stored.indexes and len(new_labels):
+            stored_labels = stored.indexes[dim]
             if self._same_calendar(stored_labels, new_labels):
                 write_from, keep_from = self._place_labels(stored_labels, new_labels)
         elif new_labels is None and dim in stored.arrays:
@@ -1014,14 +1018,14 @@ class RegionPlanner(Planner):
         return bounds
 
     def _auto_bounds(self, dim: str) -> tuple[int, int] | None:
-        if dim not in self.ds.indexes or dim not in self.stored.dataset.indexes:
+        if dim not in self.ds.indexes or dim not in self.stored.indexes:
             self.problems.add(
                 f"region[{dim!r}] = 'auto' needs a {dim!r} coordinate in both the dataset and "
                 "the store; give an explicit slice instead"
             )
             return None
         labels = self.ds.indexes[dim]
-        positions = self.stored.dataset.indexes[dim].get_indexer(labels)
+        positions = self.stored.indexes[dim].get_indexer(labels)
         if (positions < 0).any():
             missing = labels[positions < 0]
             self.problems.add(

@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from tasks.batches import LazyBatch, split_into_batches, stored_encodings, write_batch
+from tasks.batches import LazyBatch, split_into_batches, write_batch
 from tasks.chunking import Region, align_to_zarr_chunks, full_region, shared_chunks
 from tasks.encoding import encode_for_store
 from tasks.errors import ChunkConflictError, PhaseOrderError, PlanError
@@ -37,7 +37,7 @@ from tasks.planner import (
     RegionPlanner,
     RegionSpec,
 )
-from tasks.stored import StoredGroup, array_path, normalize_group
+from tasks.stored import StoredGroup, array_path, normalize_group, stored_encodings
 from tasks.verify import verify_store
 
 __all__ = ["XarrayDatasetWriter", "store_dask", "to_icechunk"]
