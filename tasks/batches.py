@@ -17,8 +17,9 @@ from __future__ import annotations
 import math
 import pickle
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
+import dask.array as da
 import icechunk.dask
 import zarr
 
@@ -122,7 +123,7 @@ def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = N
     if not batch.writes:
         return copy
     encodings = stored_encodings(copy.store, batch.group)
-    sources = [encode_for_store(w.variable, encodings[w.name], w.name).data for w in batch.writes]
+    sources = [_lazy_encoded(w, encodings[w.name]) for w in batch.writes]
     targets = [
         zarr.open_array(copy.store, path=array_path(batch.group, w.name), mode="r+")
         for w in batch.writes
@@ -133,3 +134,15 @@ def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = N
         regions=[w.region for w in batch.writes],
         split_every=split_every,
     )
+
+
+def _lazy_encoded(write: ArrayWrite, encoding: dict[str, Any]) -> da.Array:
+    """The encoded values of a lazy write, still as dask blocks on the zarr chunk grid.
+
+    xarray computes object arrays while encoding them (strings, cftime dates with a
+    missing value): the result is wrapped again in the variable's own (aligned) chunks.
+    """
+    encoded = encode_for_store(write.variable, encoding, write.name).data
+    if isinstance(encoded, da.Array):
+        return encoded
+    return da.from_array(encoded, chunks=write.variable.chunks or -1)
