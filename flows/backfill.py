@@ -154,10 +154,10 @@ def backfill_flow(
 
 
 def _check_dimension(stored: StoredGroup, group: str | None, append_dim: str) -> None:
-    if not stored.is_empty and append_dim not in stored.dataset.indexes:
+    if not stored.is_empty and append_dim not in stored.indexes:
         raise PlanError(
             f"it has no dimension {append_dim!r} to fill (its dimensions: "
-            f"{sorted(str(d) for d in stored.dataset.dims)}); pass one of them as --append-dim "
+            f"{sorted(str(d) for d in stored.sizes)}); pass one of them as --append-dim "
             "(append_dim=)",
             group=group,
         )
@@ -232,7 +232,7 @@ class _Backfill:
             self._write(*self._first_window(windows), creates=True)
             stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
         _check_dimension(stored, self.group, self.append_dim)
-        last = stored.dataset.indexes[self.append_dim][-1]
+        last = stored.indexes[self.append_dim][-1]
         beyond = open_source(self.source, last, windows[-1].end)
         labels = beyond.indexes[self.append_dim]
         labels = labels[labels > last]

@@ -33,9 +33,9 @@ def last_label(
 ) -> pd.Timestamp | None:
     """The last label stored along ``dim``, or None when the group holds nothing yet."""
     stored = StoredGroup(repo.readonly_session(branch=branch).store, normalize_group(group))
-    if stored.is_empty or dim not in stored.dataset.indexes:
+    if stored.is_empty or dim not in stored.indexes:
         return None
-    return pd.Timestamp(stored.dataset.indexes[dim][-1])
+    return pd.Timestamp(stored.indexes[dim][-1])
 
 
 def _as_naive_utc(moment: dt.datetime) -> pd.Timestamp:

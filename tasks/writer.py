@@ -22,7 +22,7 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from tasks.batches import LazyBatch, split_into_batches, stored_encodings, write_batch
+from tasks.batches import LazyBatch, split_into_batches, write_batch
 from tasks.chunking import Region, align_to_zarr_chunks, full_region, shared_chunks
 from tasks.encoding import encode_for_store
 from tasks.errors import ChunkConflictError, PhaseOrderError, PlanError
@@ -36,7 +36,7 @@ from tasks.planner import (
     RegionPlanner,
 )
 from tasks.request import Encoding, OnOverlap, RegionSpec, WriteRequest
-from tasks.stored import StoredGroup, array_path
+from tasks.stored import StoredGroup, array_path, stored_encodings
 from tasks.verify import verify_store
 
 __all__ = ["XarrayDatasetWriter", "store_dask", "to_icechunk"]
