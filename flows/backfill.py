@@ -101,7 +101,7 @@ def backfill_flow(
     windows = windows_between(start, end, freq)
     repo = target.open_repository(create=True, credentials=load_credentials(target))
     with dask_client(scheduler_address) as client:
-        with serialized(target, group), counting_scheduler(client, TaskCount()):
+        with serialized(target, group, repo=repo), counting_scheduler(client, TaskCount()):
             extend_to(repo, target, source, group, append_dim, windows)
         found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
         todo = [w for w in windows if found.missing_between(w.start, w.end)]
