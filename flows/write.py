@@ -103,9 +103,9 @@ class RunOptions(BaseModel):
     serialize: bool = Field(
         default=True,
         description="Runs that change metadata (create, modify, append) wait for the group's "
-        "lock so they never fail on each other. Turn off only where one deployment with a "
-        "concurrency limit of 1 is the group's only writer: a killed holder keeps the lock "
-        "until its lease expires (about a minute).",
+        "lock (kept in the repository's storage) so they never fail on each other. A killed "
+        "holder's lock is taken over at once on the same host, else after its lease "
+        "($ICEFLOE_LOCK_LEASE_SECONDS, 20 s).",
     )
     start_over_attempts: int = Field(
         default=3,
@@ -378,7 +378,7 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     repo = _open_repository(run, dataset)
     request, attempts = run.request, run.settings.start_over_attempts
     locked = request.changes_metadata and run.settings.serialize and not run.dry_run
-    with serialized(run.target, request.group, enabled=locked):
+    with serialized(run.target, request.group, enabled=locked, repo=repo):
         for attempt in range(1, attempts + 1):
             try:
                 return _attempt(run, repo, dataset)
