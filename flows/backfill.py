@@ -208,7 +208,7 @@ class _Backfill:
     def _first_window(self, windows: list[Window]) -> tuple[WriteRequest, Window, xr.Dataset]:
         first = windows[0]
         request = WriteRequest(mode="append", group=self.group, append_dim=self.append_dim)
-        return request, first, open_source(self.source, first.start, first.end)
+        return request, first, open_source(self.source, first.start, first.end, self.append_dim)
 
     def open_or_create(self, windows: list[Window]) -> icechunk.Repository:
         """The repository; a missing one is created (a backfill may start an archive), but
@@ -233,7 +233,7 @@ class _Backfill:
             stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
         _check_dimension(stored, self.group, self.append_dim)
         last = stored.indexes[self.append_dim][-1]
-        beyond = open_source(self.source, last, windows[-1].end)
+        beyond = open_source(self.source, last, windows[-1].end, self.append_dim)
         labels = beyond.indexes[self.append_dim]
         labels = labels[labels > last]
         if not len(labels):
@@ -252,7 +252,7 @@ class _Backfill:
 
     def write_window(self, window: Window) -> WriteResult:
         """One window as a region write (started over when an append resized the arrays)."""
-        ds = open_source(self.source, window.start, window.end)
+        ds = open_source(self.source, window.start, window.end, self.append_dim)
         # variables without the append dimension (a grid mapping, static fields) are the
         # group's already; a region write may only hold what lies in the region
         ds = ds.drop_vars([n for n, v in ds.data_vars.items() if self.append_dim not in v.dims])

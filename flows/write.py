@@ -374,7 +374,7 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
         check_scheduler(_scheduler(run))
     # The source first: a source that cannot be read must not leave a new repository behind.
     if dataset is None:
-        dataset = open_source(run.source, *run.window)
+        dataset = open_source(run.source, *run.window, run.request.append_dim or "time")
     repo = _open_repository(run, dataset)
     request, attempts = run.request, run.settings.start_over_attempts
     locked = request.changes_metadata and run.settings.serialize and not run.dry_run
@@ -588,12 +588,17 @@ def _session(
 # Never persisted: the Dataset may hold large in-memory variables.
 @task(name="open_source", cache_policy=NO_CACHE, retries=0, persist_result=False)
 def open_source(
-    source: SourceModel, start: dt.datetime | None = None, end: dt.datetime | None = None
+    source: SourceModel,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    append_dim: str = "time",
 ) -> xr.Dataset:
     """The source's data for [start, end), lazily (dask-backed where the source is)."""
     if isinstance(source, IcechunkSource):
-        return source.open(start, end, credentials=load_credentials(source.target))
-    return source.open(start, end)
+        return source.open(
+            start, end, append_dim=append_dim, credentials=load_credentials(source.target)
+        )
+    return source.open(start, end, append_dim=append_dim)
 
 
 def load_credentials(target: Target) -> dict[str, str] | None:

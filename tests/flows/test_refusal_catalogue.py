@@ -561,9 +561,16 @@ def where(tmp_path: Path, demo_archive: Path, scheduler_address: str, closed_por
 
 
 def disk_state(root: Path) -> dict[str, tuple[int, int]]:
-    """Every file and directory under ``root`` with its size and modification time."""
+    """Every file and directory under ``root`` with its size and modification time.
+
+    The group locks' own files (``.icefloe-locks``) are left out: a refusal found while
+    planning holds the group's lock for that moment, as every metadata-changing run does,
+    and a lock file says who last held it, not what the archive holds.
+    """
     state = {}
     for path in sorted(root.rglob("*")):
+        if ".icefloe-locks" in path.parts:
+            continue
         info = path.stat()
         state[str(path.relative_to(root))] = (
             info.st_size if path.is_file() else 0,
