@@ -20,9 +20,10 @@ from prefect.events import DeploymentEventTrigger
 
 from flows.backfill import backfill_flow
 from flows.maintenance import maintenance_flow
-from flows.scheduled import scheduled_append_flow, write_flow
+from flows.scheduled import scheduled_append_flow
 from flows.sources import SourceModel
 from flows.targets import Target
+from flows.write import write_flow
 
 BACKFILL_EVENT = "icefloe.backfill.requested"
 WEEKLY = "0 3 * * 0"  # Sundays 03:00 UTC, when most archives are quiet

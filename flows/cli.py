@@ -457,10 +457,10 @@ def _require_group(session: Any, group: str | None, target: Target) -> None:
 
 def _require_dimension(session: Any, group: str | None, dim: str) -> None:
     stored = StoredGroup(session.store, normalize_group(group))
-    if not stored.is_empty and dim not in stored.dataset.indexes:
+    if not stored.is_empty and dim not in stored.indexes:
         raise PlanError(
             f"it has no dimension {dim!r} (its dimensions: "
-            f"{sorted(str(d) for d in stored.dataset.dims)}); pass one of them as --append-dim",
+            f"{sorted(str(d) for d in stored.sizes)}); pass one of them as --append-dim",
             group=normalize_group(group),
         )
 

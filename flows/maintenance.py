@@ -1,7 +1,7 @@
 """The maintenance flow: expire old snapshots and collect garbage, never under an open run.
 
 Chunks are uploaded before their commit, so collecting garbage younger than a run still
-in flight deletes chunks that run will commit (FIELD-NOTES). Before anything is deleted
+in flight deletes chunks that run will commit (docs/stack-facts.md). Before anything is deleted
 the flow asks the Prefect API for icefloe's open runs (RUNNING or PENDING runs of the
 flows named ``icefloe-*``) and refuses, with a PlanError, a cutoff younger than the
 oldest of them minus ``margin``. The margin covers writers Prefect does not know about
@@ -150,6 +150,13 @@ def maintenance_flow(
 
     Refuses (PlanError) a cutoff younger than the oldest open icefloe run minus ``margin``.
     A dry run does not expire snapshots, so it counts only what is unreachable already.
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        older_than: Expire snapshots older than this time, or this age (e.g. 7 days).
+        margin: How much older than the oldest open icefloe run the cutoff must be.
+        dry_run: Only count what would be collected; delete nothing.
     """
     logger = get_run_logger()
     if margin < dt.timedelta(0):

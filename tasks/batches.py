@@ -19,13 +19,13 @@ import pickle
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+import dask.array as da
 import icechunk.dask
-import xarray as xr
 import zarr
 
 from tasks.encoding import encode_for_store
 from tasks.plan import ArrayWrite
-from tasks.stored import array_path
+from tasks.stored import array_path, stored_encodings
 
 if TYPE_CHECKING:
     from icechunk.session import ForkSession
@@ -44,10 +44,6 @@ class LazyBatch:
     stop: int
     writes: tuple[ArrayWrite, ...]
     chunks: int
-
-    @property
-    def names(self) -> list[str]:
-        return [w.name for w in self.writes]
 
 
 def split_into_batches(
@@ -123,7 +119,7 @@ def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = N
     if not batch.writes:
         return copy
     encodings = stored_encodings(copy.store, batch.group)
-    sources = [encode_for_store(w.variable, encodings[w.name], w.name).data for w in batch.writes]
+    sources = [_lazy_encoded(w, encodings[w.name]) for w in batch.writes]
     targets = [
         zarr.open_array(copy.store, path=array_path(batch.group, w.name), mode="r+")
         for w in batch.writes
@@ -136,19 +132,13 @@ def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = N
     )
 
 
-def stored_encodings(store: Any, group: str | None) -> dict[str, dict[str, Any]]:
-    """The encoding of every array of the group, as xarray reads it back.
+def _lazy_encoded(write: ArrayWrite, encoding: dict[str, Any]) -> da.Array:
+    """The encoded values of a lazy write, still as dask blocks on the zarr chunk grid.
 
-    Without default indexes: encodings come from the arrays' metadata, and building the
-    indexes would read every chunk of every dimension coordinate, which for a time axis
-    grows with each append (benchmarks/RESULTS.md, "Profile and improvement").
+    xarray computes object arrays while encoding them (strings, cftime dates with a
+    missing value): the result is wrapped again in the variable's own (aligned) chunks.
     """
-    stored = xr.open_zarr(
-        store,
-        group=group,
-        consolidated=False,
-        chunks=None,
-        zarr_format=3,
-        create_default_indexes=False,
-    )
-    return {str(name): dict(var.encoding) for name, var in stored.variables.items()}
+    encoded = encode_for_store(write.variable, encoding, write.name).data
+    if isinstance(encoded, da.Array):
+        return encoded
+    return da.from_array(encoded, chunks=write.variable.chunks or -1)

@@ -20,7 +20,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
-from tasks.stored import array_path
+from tasks.stored import StoredGroup, array_path
 
 if TYPE_CHECKING:
     from collections.abc import Coroutine
@@ -121,13 +121,17 @@ def _bar(present: np.ndarray[Any, Any], width: int) -> str:
 
 def coverage(session: icechunk.Session, group: str | None = None, dim: str = "time") -> Coverage:
     """The coverage of ``group`` along ``dim`` in ``session`` (any session, read-only is fine)."""
-    stored = xr.open_zarr(session.store, group=group, consolidated=False, chunks=None)
-    if dim not in stored.indexes:
+    # Times other than the labels stay undecoded: fill values are masked all the same, and
+    # an extended float time variable (bounds) in a non-standard calendar holding only fill
+    # values in its new part cannot be decoded at all
+    group_view = StoredGroup(session.store, group)
+    if dim not in group_view.indexes:
         raise ValueError(
-            f"the group has no {dim!r} coordinate (it has {sorted(map(str, stored.indexes))}); "
+            f"the group has no {dim!r} coordinate (it has {sorted(group_view.indexes)}); "
             "pass the append dimension as dim"
         )
-    labels = stored.indexes[dim]
+    labels = group_view.indexes[dim]
+    stored = group_view.undecoded
     bounds = {v.attrs.get("bounds") for v in stored.variables.values()}
     variables = [str(n) for n, v in stored.data_vars.items() if dim in v.dims and n not in bounds]
     present = np.ones(len(labels), dtype=bool)

@@ -31,7 +31,32 @@ VALUE_ENCODING_KEYS = (
 
 
 def value_encoding(encoding: Mapping[str, Any]) -> dict[str, Any]:
-    return {k: encoding[k] for k in VALUE_ENCODING_KEYS if k in encoding}
+    """The keys of a stored encoding that change values, as they were when xarray created it.
+
+    An array created from a variable that had only ``missing_value`` (NCEP reanalysis, ARM
+    files) reads back with zarr's default ``_FillValue`` (NaN) beside it; xarray cannot
+    encode the pair (it calls them conflicting, and its own append fails). At creation
+    missing values became ``missing_value``, and reading masks both, so later values are
+    encoded with ``missing_value`` alone.
+    """
+    kept = {k: encoding[k] for k in VALUE_ENCODING_KEYS if k in encoding}
+    if (
+        "_FillValue" in kept
+        and "missing_value" in kept
+        and not fill_values_equal(kept["_FillValue"], kept["missing_value"])
+    ):
+        del kept["_FillValue"]
+    return kept
+
+
+def fill_values_equal(a: Any, b: Any) -> bool:
+    """CF fill values compared as xarray compares them (NaN equals NaN; arrays elementwise)."""
+    a_arr, b_arr = np.asarray(a), np.asarray(b)
+    if a_arr.shape != b_arr.shape:
+        return False
+    if a_arr.dtype.kind in "fc" and b_arr.dtype.kind in "fc":
+        return bool(np.array_equal(a_arr, b_arr, equal_nan=True))
+    return bool(np.array_equal(a_arr, b_arr))
 
 
 def encode_for_store(

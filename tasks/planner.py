@@ -8,7 +8,7 @@ the metadata steps and array writes that carry it out.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -24,7 +24,7 @@ from tasks.chunking import (
     default_zarr_chunks,
     full_region,
 )
-from tasks.encoding import encode_for_store, time_encoding_for
+from tasks.encoding import encode_for_store, fill_values_equal, time_encoding_for
 from tasks.errors import PlanError
 from tasks.plan import (
     ArrayAction,
@@ -32,13 +32,10 @@ from tasks.plan import (
     ArrayWrite,
     MetadataSteps,
     Phase,
-    WriteMode,
     WritePlan,
 )
+from tasks.request import OnOverlap, RegionSpec, WriteMode
 from tasks.stored import StoredGroup
-
-OnOverlap = Literal["error", "skip", "overwrite"]
-RegionSpec = Mapping[str, slice | Literal["auto"]] | Literal["auto"]
 
 # Encoding keys xarray's zarr backend accepts; anything else a source carried along
 # (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
@@ -87,10 +84,6 @@ class Problems:
             raise PlanError(self.items, group=self.group)
 
 
-def _name(name: Hashable) -> str:
-    return str(name)
-
-
 def _dtype_label(dtype: np.dtype[Any]) -> str:
     return "string" if dtype.kind in "OUST" else str(dtype)
 
@@ -117,7 +110,8 @@ def _labels_text(index: pd.Index) -> tuple[str, str]:
 
 
 def _stored_variable(stored: StoredGroup, name: str) -> xr.Variable:
-    return stored.dataset.variables[name]
+    """A stored variable decoded on its own, for comparing values (read lazily)."""
+    return stored.variable(name)
 
 
 def _values_equal(a: xr.Variable, b: xr.Variable) -> bool:
@@ -195,6 +189,27 @@ class Planner:
         )
         if variable.ndim == 0:
             requested.pop("chunks")
+        fill, missing = requested.get("_FillValue"), requested.get("missing_value")
+        if fill is not None and missing is not None and not fill_values_equal(fill, missing):
+            # netCDF allows both; xarray's encoder (to_zarr) refuses the pair
+            self.problems.add(
+                f"variable {name!r} has _FillValue {fill!r} and missing_value {missing!r} in "
+                "its encoding, which xarray cannot encode together (both are already masked "
+                f"in the decoded values); drop one before writing, e.g. "
+                f"del ds[{name!r}].encoding['missing_value']"
+            )
+            requested.pop("missing_value")
+        if isinstance(fill, bytes):
+            # to_zarr writes a bytes _FillValue that xarray then cannot read back ("Failed
+            # to decode fill_value. Unsupported dtype |S1"): the group would be unreadable
+            self.problems.add(
+                f"variable {name!r} has the bytes _FillValue {fill!r}, which xarray stores in "
+                "zarr but cannot read back, and zarr's fixed-width bytes cannot hold the "
+                f"masked (NaN) values; fill them and drop the fill value before writing: "
+                f"ds[{name!r}] = ds[{name!r}].fillna({bytes(fill)!r}); "
+                f"del ds[{name!r}].encoding['_FillValue']"
+            )
+            requested.pop("_FillValue")
         if not _is_lazy(variable):
             requested.update(time_encoding_for(variable, requested))
         if requested.get("_FillValue") is not None and "fill_value" not in requested:
@@ -338,24 +353,29 @@ class Planner:
                 f"{stored.dims}; transpose or rename the dimensions to match, or {what}"
             )
             return False
-        decoded = _stored_variable(self.stored, name)
-        ok = _dtypes_compatible(variable, decoded, stored)
+        decoded_dtype, encoding = self.stored.schemas[name]
+        ok = _dtypes_compatible(variable, decoded_dtype, encoding)
         if not ok:
             self.problems.add(
                 f"variable {name!r} has dtype {_dtype_label(variable.dtype)} but the store holds "
-                f"{_dtype_label(decoded.dtype)}; cast it with ds[{name!r}].astype("
-                f"'{decoded.dtype}') or {what}"
+                f"{_dtype_label(decoded_dtype)}; cast it with ds[{name!r}].astype("
+                f"'{decoded_dtype}') or {what}"
             )
         return ok
 
     def check_encodable(self, name: str, variable: xr.Variable) -> None:
         """Values that the stored units/calendar/dtype cannot represent, found before writing."""
-        stored_encoding = _stored_variable(self.stored, name).encoding
-        if _is_lazy(variable):
+        stored_encoding = self.stored.encodings[name]
+        if _is_lazy(variable) or not variable.size:
             return
         try:
             encoded = encode_for_store(variable, stored_encoding, name)
-            if variable.dtype.kind in "mMO" and not decode_cf_variable(name, encoded).equals(
+            # times can silently lose precision or shift calendar; strings round-trip as
+            # another (fixed-width) dtype, which equals() would call a difference
+            is_time = variable.dtype.kind in "mM" or (
+                variable.dtype.kind == "O" and _is_cftime(variable)
+            )
+            if is_time and not decode_cf_variable(name, encoded).equals(
                 variable.to_base_variable()
             ):
                 raise ValueError("the values do not survive encoding and decoding unchanged")
@@ -390,16 +410,32 @@ class Planner:
         return Planned(plan, steps, writes)
 
 
-def _dtypes_compatible(variable: xr.Variable, decoded: xr.Variable, stored: Any) -> bool:
-    new, old = variable.dtype, decoded.dtype
+def _dtypes_compatible(
+    variable: xr.Variable, decoded_dtype: np.dtype[Any], encoding: Mapping[str, Any]
+) -> bool:
+    """Whether ``variable`` may be written into a stored array decoding to ``decoded_dtype``."""
+    new, old = variable.dtype, decoded_dtype
+    if " since " in str(encoding.get("units", "")):
+        # a stored time decodes to datetime64 or to cftime objects depending on its calendar
+        # and on the range of its values, which metadata alone cannot tell; the encodability
+        # check compares calendars and values exactly
+        # (an empty variable, all of it already stored, writes nothing)
+        return new.kind == "M" or (new.kind == "O" and (not variable.size or _is_cftime(variable)))
     if new.kind in "Mm" or old.kind in "Mm":
         return new.kind == old.kind
     if new.kind in "OUST" or old.kind in "OUST":
         return new.kind in "OUST" and old.kind in "OUST"
-    scaled = "scale_factor" in decoded.encoding or "add_offset" in decoded.encoding
+    scaled = "scale_factor" in encoding or "add_offset" in encoding
     if scaled:
         return new.kind == "f"
     return new == old
+
+
+def _is_cftime(variable: xr.Variable) -> bool:
+    import cftime
+
+    sample = variable.isel({d: 0 for d in variable.dims}) if variable.ndim else variable
+    return isinstance(sample.values[()], cftime.datetime)
 
 
 def _changed_attrs(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[str]:
@@ -508,7 +544,7 @@ class ModifyPlanner(Planner):
             same_layout = (
                 tuple(map(str, variable.dims)) == stored.dims
                 and variable.shape == stored.shape
-                and _dtypes_compatible(variable, _stored_variable(self.stored, name), stored)
+                and _dtypes_compatible(variable, *self.stored.schemas[name])
             )
             if not same_layout:
                 replaced[name] = variable
@@ -652,14 +688,32 @@ class AppendPlanner(Planner):
             old_len,
             0,
         )  # store position the write starts at; first ds label kept
-        if new_labels is not None and dim in stored.dataset.indexes and len(new_labels):
-            stored_labels = stored.dataset.indexes[dim]
-            if self._same_calendar(stored_labels, new_labels):
+        labels_ok = not self.problems.items
+        if new_labels is not None and dim in stored.indexes and len(new_labels):
+            stored_labels = stored.indexes[dim]
+            if not (stored_labels.is_unique and stored_labels.is_monotonic_increasing):
+                # placing labels needs a unique, increasing stored axis (pandas cannot even
+                # look labels up in one with repeats)
+                self.problems.add(
+                    f"the stored coordinate {dim!r} is not unique and increasing, so appended "
+                    f"labels cannot be placed after it; rewrite the group with sorted, unique "
+                    f"labels (ds.drop_duplicates({dim!r}).sortby({dim!r})) before appending"
+                )
+            elif labels_ok and self._same_calendar(stored_labels, new_labels):
                 write_from, keep_from = self._place_labels(stored_labels, new_labels)
         elif new_labels is None and dim in stored.arrays:
             self.problems.add(
                 f"the store has a coordinate {dim!r} but the dataset has none; add the labels "
                 f"with ds.assign_coords({dim}=...)"
+            )
+        elif new_labels is None and self.on_overlap != "error":
+            # without labels nothing tells a re-run from new data: skipping or overwriting
+            # would silently append the same values again
+            self.problems.add(
+                f"on_overlap={self.on_overlap!r} needs labels along {dim!r} to recognise what "
+                f"is already stored, but neither the dataset nor the store has a {dim!r} "
+                f"coordinate; add one (ds.assign_coords({dim}=...)) when creating the group, "
+                "or append only new data with on_overlap='error'"
             )
         self.problems.raise_if_any()
         ds = ds.isel({dim: slice(keep_from, None)})
@@ -830,6 +884,10 @@ class AppendPlanner(Planner):
         return (int(positions[0]) if n_overlap else old_len), 0
 
     def _check_no_gap(self, stored_labels: pd.Index, fresh: pd.Index) -> None:
+        if _calendar(stored_labels) is None:
+            # numeric axes (depth levels, longitudes, model levels) are often irregular on
+            # purpose: a few equal steps in the first part say nothing about the rest
+            return
         step = _regular_step(stored_labels)
         if step is None and len(stored_labels) == 1 and len(fresh) > 1:
             step = _regular_step(fresh)
@@ -967,6 +1025,12 @@ class RegionPlanner(Planner):
         spec = self.region_spec
         if spec == "auto":
             spec = {str(d): "auto" for d in self.ds.dims if str(d) in self.stored.sizes}
+            for dim in list(spec):
+                unlabelled = dim not in self.ds.indexes and dim not in self.stored.indexes
+                if unlabelled and self.ds.sizes[dim] == self.stored.sizes[dim]:
+                    # nothing to place by (bounds' "bnds", a vertex dimension): a dataset
+                    # that spans all of it covers the whole extent, as to_zarr does
+                    spec[dim] = slice(0, self.stored.sizes[dim])
             if not spec:
                 self.problems.add(
                     f"none of the dataset's dimensions {sorted(map(str, self.ds.dims))} is in the "
@@ -1014,14 +1078,21 @@ class RegionPlanner(Planner):
         return bounds
 
     def _auto_bounds(self, dim: str) -> tuple[int, int] | None:
-        if dim not in self.ds.indexes or dim not in self.stored.dataset.indexes:
+        if dim not in self.ds.indexes or dim not in self.stored.indexes:
             self.problems.add(
                 f"region[{dim!r}] = 'auto' needs a {dim!r} coordinate in both the dataset and "
                 "the store; give an explicit slice instead"
             )
             return None
-        labels = self.ds.indexes[dim]
-        positions = self.stored.dataset.indexes[dim].get_indexer(labels)
+        labels, stored_labels = self.ds.indexes[dim], self.stored.indexes[dim]
+        if not stored_labels.is_unique:
+            self.problems.add(
+                f"the stored labels of {dim!r} repeat, so region='auto' cannot place the "
+                f"dataset by label; give an explicit slice instead, e.g. region={{{dim!r}: "
+                "slice(start, stop)}"
+            )
+            return None
+        positions = stored_labels.get_indexer(labels)
         if (positions < 0).any():
             missing = labels[positions < 0]
             self.problems.add(

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import xarray as xr
 import zarr
+from xarray.conventions import decode_cf_variable
 from zarr.errors import NodeNotFoundError
 
 from tasks.errors import PlanError
@@ -117,17 +120,106 @@ class StoredGroup:
         return sizes
 
     @cached_property
-    def dataset(self) -> xr.Dataset:
-        """The group decoded by xarray, lazily (values are read only when compared)."""
+    def undecoded(self) -> xr.Dataset:
+        """The group with scale/offset and fill values applied lazily, times left as numbers.
+
+        Opening reads metadata only: no default indexes (they would load every dimension
+        coordinate) and no time decoding (xarray decodes the first and last value of a
+        time variable to learn its dtype, which fails for a float time that holds only
+        fill values in a non-standard calendar, as a just-created or extended array does).
+        """
         if not self.arrays:
             return xr.Dataset()
+        return open_undecoded(self.store, self.group)
+
+    @cached_property
+    def schemas(self) -> dict[str, tuple[np.dtype[Any], dict[str, Any]]]:
+        """Per array: the dtype xarray decodes it to and its encoding, from metadata alone."""
+        return {
+            str(name): decoded_schema(str(name), variable)
+            for name, variable in self.undecoded.variables.items()
+        }
+
+    @property
+    def encodings(self) -> dict[str, dict[str, Any]]:
+        return {name: encoding for name, (_, encoding) in self.schemas.items()}
+
+    def variable(self, name: str) -> xr.Variable:
+        """One stored variable, decoded as xarray decodes it, lazily (values read on use)."""
         try:
-            return xr.open_zarr(
-                self.store, group=self.group, consolidated=False, chunks=None, zarr_format=3
-            )
+            return decode_variable(name, self.undecoded.variables[name])
         except Exception as err:
             raise PlanError(
-                f"xarray cannot read the stored group ({type(err).__name__}: {err}); "
-                "repair it or write to another group",
+                f"xarray cannot decode the stored variable {name!r} ({type(err).__name__}: "
+                f"{err}); write its values first (e.g. with for_region) or rewrite it with "
+                "for_modify",
                 group=self.group,
             ) from err
+
+    @cached_property
+    def indexes(self) -> dict[str, pd.Index]:
+        """The labels of every dimension coordinate, decoded (these values are read)."""
+        return {
+            name: self.variable(name).to_index_variable().to_index()
+            for name, array in self.arrays.items()
+            if array.dims == (name,)
+        }
+
+
+def open_undecoded(store: zarr.abc.store.Store, group: str | None) -> xr.Dataset:
+    """A group opened without reading any values: see ``StoredGroup.undecoded``."""
+    try:
+        return xr.open_zarr(
+            store,
+            group=group,
+            consolidated=False,
+            chunks=None,
+            zarr_format=3,
+            decode_times=False,
+            decode_timedelta=False,
+            create_default_indexes=False,
+        )
+    except Exception as err:
+        raise PlanError(
+            f"xarray cannot read the stored group ({type(err).__name__}: {err}); "
+            "repair it or write to another group",
+            group=group,
+        ) from err
+
+
+def decoded_schema(name: str, variable: xr.Variable) -> tuple[np.dtype[Any], dict[str, Any]]:
+    """The decoded dtype and the full encoding of an undecoded variable, without its values.
+
+    The time coders run on a single zero of the masked-and-scaled dtype that carries the
+    variable's attributes: they move units and calendar into the encoding and pick the
+    decoded dtype (datetime64, cftime objects, timedelta64) exactly as on the real values.
+    """
+    probe = xr.Variable((), np.zeros((), dtype=variable.dtype), attrs=dict(variable.attrs))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoded = decode_cf_variable(
+            name, probe, mask_and_scale=False, concat_characters=False, decode_endianness=False
+        )
+    encoding = dict(variable.encoding)
+    encoding.update({k: v for k, v in decoded.encoding.items() if k != "dtype"})
+    return decoded.dtype, encoding
+
+
+def decode_variable(name: str, variable: xr.Variable) -> xr.Variable:
+    """Decode the times of one undecoded variable (lazily; only its first and last values)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        decoded = decode_cf_variable(
+            name, variable, mask_and_scale=False, concat_characters=False, decode_endianness=False
+        )
+    decoded.encoding = {
+        **variable.encoding,
+        **decoded.encoding,
+        "dtype": variable.encoding.get("dtype", variable.dtype),
+    }
+    return decoded
+
+
+def stored_encodings(store: zarr.abc.store.Store, group: str | None) -> dict[str, dict[str, Any]]:
+    """The encoding of every array of the group, as xarray reads it back, from metadata only."""
+    return StoredGroup(store, group).encodings

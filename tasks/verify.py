@@ -13,10 +13,9 @@ import numpy as np
 import xarray as xr
 import zarr
 
-from tasks.batches import stored_encodings
 from tasks.encoding import encode_for_store
 from tasks.errors import VerificationError
-from tasks.stored import array_path
+from tasks.stored import StoredGroup, array_path, stored_encodings
 
 if TYPE_CHECKING:
     from tasks.planner import Planned
@@ -98,7 +97,9 @@ def _check_append_labels(
     dim = planned.plan.append_dim
     if dim is None or dim not in source.indexes:
         return []
-    stored = xr.open_zarr(store, group=planned.plan.group, consolidated=False, chunks=None)
+    # only the labels are decoded: a time variable the lazy write has yet to fill (bounds)
+    # cannot be decoded before it holds values
+    stored = StoredGroup(store, planned.plan.group)
     if dim not in stored.indexes:
         return [f"the stored group has no {dim!r} coordinate after the append"]
     labels = stored.indexes[dim]
