@@ -697,6 +697,9 @@ def test_as_a_program_stderr_has_no_traceback(
     assert "ERROR" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, done.stderr
+    # besides it, only Prefect's INFO lines about the run (no icechunk advisories either)
+    others = [line for line in done.stderr.splitlines() if line.strip() and line not in errors]
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d+ \| INFO ", line) for line in others), done.stderr
     message = errors[0].removeprefix("error: ")
     assert sum(message[:60] in line for line in done.stderr.splitlines()) == 1, done.stderr
     assert disk_state(where.root) == before
