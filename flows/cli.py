@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import textwrap
 import traceback
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import icechunk
 import typer
 from prefect import Flow
 from pydantic import TypeAdapter, ValidationError
@@ -115,6 +117,11 @@ def main(
     """Write xarray datasets into Icechunk repositories as Prefect flows."""
     global _verbose
     _verbose = verbose
+    if not verbose and "ICECHUNK_LOG" not in os.environ:
+        # icechunk's advisories (local storage and concurrent committers, conditional PUTs)
+        # went to stderr on every command, ahead of the one line that matters; they are
+        # for library users, and --verbose (or ICECHUNK_LOG) shows them.
+        icechunk.set_logs_filter("error")
     # The local cluster's start-up and shutdown chatter would bury the run's own log lines.
     logging.getLogger("distributed").setLevel(logging.WARNING)
 

@@ -376,6 +376,10 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     if dataset is None:
         dataset = open_source(run.source, *run.window, run.request.append_dim or "time")
     repo = _open_repository(run, dataset)
+    if not run.create_repository and run.target.branch in repo.list_branches():
+        # Refused before the group's lock is waited for (a missing branch is _session's to
+        # report); checked again under the lock, where the plan is made.
+        _require_group(repo.readonly_session(branch=run.target.branch), run)
     request, attempts = run.request, run.settings.start_over_attempts
     locked = request.changes_metadata and run.settings.serialize and not run.dry_run
     with serialized(run.target, request.group, enabled=locked, repo=repo):

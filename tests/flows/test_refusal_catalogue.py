@@ -563,9 +563,8 @@ def where(tmp_path: Path, demo_archive: Path, scheduler_address: str, closed_por
 def disk_state(root: Path) -> dict[str, tuple[int, int]]:
     """Every file and directory under ``root`` with its size and modification time.
 
-    The group locks' own files (``.icefloe-locks``) are left out: a refusal found while
-    planning holds the group's lock for that moment, as every metadata-changing run does,
-    and a lock file says who last held it, not what the archive holds.
+    Except the metadata lock's files (flows/locks.py): a run that plans under the group's
+    lock needs its flock file, which stays, empty, for every later run of that group.
     """
     state = {}
     for path in sorted(root.rglob("*")):
@@ -698,6 +697,54 @@ def test_as_a_program_stderr_has_no_traceback(
     assert "ERROR" not in done.stderr, done.stderr
     errors = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1, done.stderr
+    # besides it, only Prefect's INFO lines about the run (no icechunk advisories either)
+    others = [line for line in done.stderr.splitlines() if line.strip() and line not in errors]
+    assert all(re.match(r"\d\d:\d\d:\d\d\.\d+ \| INFO ", line) for line in others), done.stderr
     message = errors[0].removeprefix("error: ")
     assert sum(message[:60] in line for line in done.stderr.splitlines()) == 1, done.stderr
     assert disk_state(where.root) == before
+
+
+# -- the error types themselves -----------------------------------------------------------
+
+
+def test_plan_errors_name_a_group_only_when_they_are_about_one() -> None:
+    assert str(PlanError("x is wrong")) == "x is wrong"
+    assert str(PlanError("x is wrong", group=None)) == "cannot write to the root group: x is wrong"
+    assert (
+        str(PlanError(["a", "b"], group="g"))
+        == "cannot write to group 'g', 2 problems:\n  - a\n  - b"
+    )
+    assert str(PlanError(["a", "b"])) == "2 problems:\n  - a\n  - b"
+
+
+def test_plan_errors_survive_pickling_unchanged() -> None:
+    """Prefect pickles a failed run's exception when it persists results."""
+    import pickle
+
+    for err in (PlanError("x", group=None), GroupNotFoundError("y", group="g"), PlanError("z")):
+        back = pickle.loads(pickle.dumps(err))
+        assert (type(back), str(back), back.problems, back.group) == (
+            type(err),
+            str(err),
+            err.problems,
+            err.group,
+        )
+
+
+def test_refusals_are_the_errors_that_say_the_request_is_wrong() -> None:
+    from tasks.errors import PhaseOrderError, VerificationError, is_refusal
+    from tasks.phases import is_transient
+
+    refused = [
+        PlanError("x"),
+        GroupNotFoundError("x", group="g"),
+        RequestError("x"),
+        SourceNotFoundError("x"),
+        TargetNotFoundError("x"),
+        TargetUnreachableError("x"),
+    ]
+    assert all(is_refusal(err) and not is_transient(err) for err in refused)
+    assert not is_refusal(VerificationError(["x"]))  # icefloe's own fault: keeps its traceback
+    assert not is_refusal(PhaseOrderError("x"))
+    assert not is_refusal(ValueError("x"))
