@@ -85,6 +85,12 @@ def encode_for_store(
     return encoded
 
 
+def same_encoding_value(key: str, a: Any, b: Any) -> bool:
+    """Whether two values of an encoding key mean the same (units spelled two ways:
+    xarray writes "hours since 1970-01-01" or "... 00:00:00.000000" for the same data)."""
+    return bool(_normalized(key, a) == _normalized(key, b))
+
+
 def _normalized(key: str, value: Any) -> Any:
     """Units that mean the same written the same ("days since 2000-01-01" and "... 00:00:00")."""
     if key == "units" and isinstance(value, str) and " since " in value:

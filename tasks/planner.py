@@ -172,7 +172,18 @@ class Planner:
     def _create_encoding(self, name: str, variable: xr.Variable) -> dict[str, Any]:
         requested = {k: v for k, v in variable.encoding.items() if k in ZARR_ENCODING_KEYS}
         requested.pop("chunks", None)  # a source's chunking says nothing about the target's
-        requested.update(self.encoding.get(name, {}))
+        given = self.encoding.get(name, {})
+        unknown = sorted(set(given) - ZARR_ENCODING_KEYS)
+        if unknown:
+            # xarray drops netCDF keys a source carried along but rejects them when asked
+            # for explicitly, from deep inside to_zarr: say so here, with the zarr spelling
+            self.problems.add(
+                f"encoding[{name!r}] has {unknown}, which zarr does not know (netCDF's "
+                "zlib/complevel/shuffle/chunksizes/contiguous ...); remove them, and use "
+                "'chunks' for chunksizes and 'compressors' (e.g. zarr.codecs.ZstdCodec()) "
+                f"for compression; zarr accepts {sorted(ZARR_ENCODING_KEYS)}"
+            )
+        requested.update({k: v for k, v in given.items() if k in ZARR_ENCODING_KEYS})
         if "chunks" in requested and requested["chunks"] is not None:
             chunks = tuple(int(c) for c in requested["chunks"])
             if len(chunks) != variable.ndim:
@@ -222,14 +233,26 @@ class Planner:
     def _planned_dtype(
         self, name: str, variable: xr.Variable, encoding: Mapping[str, Any]
     ) -> np.dtype[Any]:
-        # one element, not none: xarray cannot tell whether no times fit the units
+        # one element, not none: xarray cannot tell whether no times fit the units; and not
+        # a NaT, which xarray cannot encode alone in integer units coarser than its origin
+        at = dict.fromkeys(variable.dims, 0)
+        if variable.ndim and variable.dtype.kind in "mM" and not _is_lazy(variable):
+            valid = np.flatnonzero(~np.isnat(np.asarray(variable.values)).ravel())
+            if len(valid):
+                at = dict(
+                    zip(variable.dims, np.unravel_index(valid[0], variable.shape), strict=True)
+                )
         first = (
-            variable.isel({d: slice(0, 1) for d in variable.dims}) if variable.ndim else variable
+            variable.isel({d: slice(int(i), int(i) + 1) for d, i in at.items()})
+            if variable.ndim
+            else variable
         )
         probe = xr.Variable(first.dims, first.data, first.attrs, encoding=dict(encoding))
         probe.encoding.pop("chunks", None)
         try:
-            return encode_for_store(probe, probe.encoding, name).dtype
+            # zarr v3 keeps byte order in its bytes codec: a big-endian netCDF3 variable is
+            # stored (and read back) with the native dtype
+            return encode_for_store(probe, probe.encoding, name).dtype.newbyteorder("=")
         except Exception as err:
             self.problems.add(
                 f"variable {name!r} cannot be encoded with encoding {dict(encoding)} "
@@ -366,6 +389,7 @@ class Planner:
     def check_encodable(self, name: str, variable: xr.Variable) -> None:
         """Values that the stored units/calendar/dtype cannot represent, found before writing."""
         stored_encoding = self.stored.encodings[name]
+        self._check_string_width(name, variable)
         if _is_lazy(variable) or not variable.size:
             return
         try:
@@ -387,6 +411,28 @@ class Planner:
                 f"calendar={calendar!r}, dtype={stored_encoding.get('dtype')} "
                 f"({type(err).__name__}: {err}); convert the values to that calendar and "
                 "resolution, or rewrite the variable with for_modify"
+            )
+
+    def _check_string_width(self, name: str, variable: xr.Variable) -> None:
+        """Strings longer than a stored fixed-width string array holds would be cut short.
+
+        xarray stores strings (also Python str objects) as fixed-width zarr strings as wide
+        as the longest one it saw when it created the array; zarr silently truncates longer
+        ones written later. Lazy strings are loaded for this: they are small.
+        """
+        stored = self.stored.arrays[name].dtype
+        if stored.kind not in "US" or variable.dtype.kind not in "OUS" or not variable.size:
+            return
+        width = stored.itemsize // (4 if stored.kind == "U" else 1)
+        values = np.asarray(variable.values).ravel()
+        lengths = [len(v) for v in values if isinstance(v, str | bytes)]
+        longest = max(lengths, default=0)
+        if longest > width:
+            self.problems.add(
+                f"variable {name!r} holds strings of up to {longest} characters but the stored "
+                f"array keeps at most {width} ({stored}); zarr would cut them short. Rewrite "
+                f"the variable wider with for_modify (e.g. ds[{name!r}].astype('U{longest}') "
+                "for all its values), or create the group with strings as wide as they will get"
             )
 
     def finish(
@@ -425,10 +471,16 @@ def _dtypes_compatible(
         return new.kind == old.kind
     if new.kind in "OUST" or old.kind in "OUST":
         return new.kind in "OUST" and old.kind in "OUST"
+    raw = np.dtype(encoding.get("dtype", old))
+    if raw.kind in "iu" and encoding.get("_FillValue") is not None and old.kind == "f":
+        # integers with a fill value decode to floats (masked): the integers the array was
+        # created from, or floats holding them, encode the same way
+        return new.kind in "iuf"
     scaled = "scale_factor" in encoding or "add_offset" in encoding
     if scaled:
         return new.kind == "f"
-    return new == old
+    # byte order is storage detail (netCDF3 is big-endian, zarr v3 keeps it in a codec)
+    return new.newbyteorder("=") == old.newbyteorder("=")
 
 
 def _is_cftime(variable: xr.Variable) -> bool:

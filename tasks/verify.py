@@ -124,11 +124,15 @@ def _array_equal(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> bool:
         return False
     if a.dtype.kind in "fc" and b.dtype.kind in "fc":
         return bool(np.array_equal(a, b, equal_nan=True))
-    return (
-        bool((a.astype(str) == b.astype(str)).all())
-        if a.dtype.kind in "OUST"
-        else bool(np.array_equal(a, b))
-    )
+    if a.dtype.kind in "OUST" or b.dtype.kind in "OUST":
+        # variable-length strings come back as numpy's StringDType, which astype(str)
+        # refuses: compare the Python values (bytes decoded, as xarray decodes them)
+        return _as_text(a) == _as_text(b)
+    return bool(np.array_equal(a, b))
+
+
+def _as_text(values: np.ndarray[Any, Any]) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values.ravel().tolist()]
 
 
 def _equal(a: Any, b: Any) -> bool:

@@ -6,6 +6,7 @@ import warnings
 
 import pytest
 import xarray as xr
+from distributed import LocalCluster
 
 from tests.corpus.files import CORPUS, CorpusFile
 
@@ -22,3 +23,9 @@ def load(file: CorpusFile) -> xr.Dataset:
         # the real files trigger xarray's notes on odd units and future defaults
         warnings.simplefilter("ignore")
         return file.fixed(file.open().load())
+
+
+@pytest.fixture(scope="session")
+def scheduler_address(local_cluster: LocalCluster) -> str:
+    """The flows run on the session's 2-process cluster instead of starting one per run."""
+    return str(local_cluster.scheduler_address)

@@ -31,6 +31,10 @@ class CorpusFile:
     # plan() refuses the file as it is; after ``fix`` (that advice, applied) every mode works
     refused: tuple[tuple[str, str], ...] = ()
     fix: Callable[[xr.Dataset], xr.Dataset] | None = None
+    # a variable whose later strings are longer than the first part's: through the flows
+    # (variable-length netCDF strings, opened lazily) xarray creates a fixed-width array
+    # as wide as the first part, so the append is refused rather than cut short
+    strings_outgrow_first_part: str | None = None
 
     @property
     def file(self) -> Path:
@@ -228,6 +232,7 @@ CORPUS: tuple[CorpusFile, ...] = (
         "variable-length string 'expver' along time, int32 hours without calendar",
         "time",
         isel={"time": slice(0, 60)},
+        strings_outgrow_first_part="expver",
     ),
     # --- radar (CfRadial)
     CorpusFile(
