@@ -37,6 +37,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.runner import task_runner
 from flows.sources import Source, SourceModel
@@ -97,6 +98,7 @@ def backfill_flow(
     """Fill [start, end) along ``append_dim`` from the source, ``freq`` per window and
     ``batch`` windows at a time; windows that already hold data are left alone."""
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     group = normalize_group(group)
     windows = windows_between(start, end, freq)
     repo = target.open_repository(create=True, credentials=load_credentials(target))

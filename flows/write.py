@@ -35,6 +35,7 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.results import WriteResult
@@ -268,6 +269,7 @@ class _Run:
 def _write(run: _Run, choose: Choose) -> WriteResult:
     """Open, then attempt the write; a region run starts over when metadata moved under it."""
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     if not run.dry_run:
         check_scheduler(_scheduler(run))
     repo = _open_repository(run)
