@@ -249,3 +249,58 @@ def _lock_wait(target: Target, repo: icechunk.Repository) -> float:
     thread.join(lease_seconds() + 10)
     assert took, "the killed run's lock never came back"
     return took[0]
+
+
+def test_a_worker_killed_mid_write_the_run_still_writes_every_chunk(
+    base: Path, tmp_path: Path, expected: xr.Dataset
+) -> None:
+    """SIGKILL one worker process of the run's cluster while its batches are computing:
+    dask recomputes the lost blocks on the nanny's replacement, and the run completes with
+    exactly the data of an uninterrupted run. A batch's task run completes only once its
+    fork holds all its chunks (batches run in the flow process, not as tasks on the
+    workers), so a completed task whose chunks are missing (prefect#15442) cannot happen."""
+    from distributed import Client, LocalCluster
+
+    shutil.copytree(base, tmp_path / "repo")
+    target = Target(repo=str(tmp_path / "repo"))
+    window = {k: v for k, v in kill_run.WINDOW.items() if k != "kind"}
+    source = {
+        "kind": "python",
+        "function": "tests.flows.durability_sources:slow_synthetic",
+        "kwargs": {"delay": 0.3, **window},
+    }
+    with (
+        LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+        ) as cluster,
+        Client(cluster) as client,
+    ):
+        victim = sorted(client.run(os.getpid).values())[0]
+        killed: list[float] = []
+
+        def kill_when_busy() -> None:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                if sum(len(keys) for keys in client.processing().values()) >= 2:
+                    time.sleep(0.5)
+                    os.kill(victim, signal.SIGKILL)
+                    killed.append(time.monotonic())
+                    return
+                time.sleep(0.05)
+
+        killer = threading.Thread(target=kill_when_busy, daemon=True)
+        killer.start()
+        result = append_flow(
+            target,
+            source,
+            append_dim="time",
+            scheduler_address=cluster.scheduler_address,
+            options=crash_run.options("worker-killed"),
+        )
+        finished = time.monotonic()
+        killer.join(10)
+    assert killed, "the worker was never killed"
+    assert killed[0] < finished, "the worker was killed after the write ended"
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(target.repo))
+    assert result.snapshot_id == tip(repo)
+    xr.testing.assert_identical(read_back(repo), expected)
