@@ -37,6 +37,7 @@ from prefect.artifacts import (
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows.lifeline import ensure_lifeline
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.runner import task_runner
@@ -117,6 +118,7 @@ def backfill_flow(
             for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
     """
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     group = normalize_group(group)
     windows = windows_between(start, end, freq)
     backfill = _Backfill(target, source, group, append_dim, scheduler_address)

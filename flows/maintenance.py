@@ -34,6 +34,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows.lifeline import ensure_lifeline
 from flows.metadata import current_run
 from flows.refusals import refusing
 from flows.targets import Target, safe_url
@@ -159,6 +160,7 @@ def maintenance_flow(
         dry_run: Only count what would be collected; delete nothing.
     """
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     if margin < dt.timedelta(0):
         raise PlanError(
             f"margin={margin} is negative: it must be zero or more (default {DEFAULT_MARGIN})"

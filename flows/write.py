@@ -35,6 +35,7 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.refusals import refusing
@@ -370,6 +371,7 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     one way to plan, resume, commit and describe a commit.
     """
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     if not run.dry_run:
         check_scheduler(_scheduler(run))
     # The source first: a source that cannot be read must not leave a new repository behind.
