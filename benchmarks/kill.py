@@ -19,8 +19,8 @@ from typing import Any
 import tasks.batches
 from benchmarks.data import Shape, source_spec
 from flows import Target, create_flow
-from flows.runner import on_scheduler
 from flows.write import RunOptions
+from tasks.cluster import on_scheduler
 
 
 def main(repo: str, scheduler: str, shape_json: str, run_key: str, batches: str) -> None:

@@ -182,8 +182,8 @@ def write_create_flow(
     bench: Bench, shape: Shape, path: Path, options: dict[str, Any] | None = None
 ) -> Any:
     from flows import Target, create_flow
-    from flows.runner import on_scheduler
     from flows.write import RunOptions
+    from tasks.cluster import on_scheduler
 
     flow = on_scheduler(create_flow, bench.scheduler_address)
     return flow(
@@ -303,7 +303,7 @@ def no_heartbeats() -> Iterator[None]:
 
 def fixed_overhead(bench: Bench) -> dict[str, Any]:
     from flows import Target, append_flow
-    from flows.runner import on_scheduler
+    from tasks.cluster import on_scheduler
 
     first = bench.config.fixed
     window = first.after(first.periods)
@@ -649,7 +649,7 @@ def backfill(bench: Bench) -> dict[str, Any]:
         f"({shape.describe()})"
     )
 
-    from flows.runner import on_scheduler
+    from tasks.cluster import on_scheduler
 
     flow = on_scheduler(backfill_flow, bench.scheduler_address)
 
@@ -755,7 +755,7 @@ def _progress_improvement(bench: Bench) -> dict[str, Any]:
     """The progress-reporting change, before and after, interleaved."""
     from benchmarks.before import progress_before
     from flows import Target, append_flow
-    from flows.runner import on_scheduler
+    from tasks.cluster import on_scheduler
 
     cfg = bench.config
     small = {"ny": cfg.fixed.ny, "nx": cfg.fixed.nx, "time_chunk": cfg.fixed.time_chunk}

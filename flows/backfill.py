@@ -37,15 +37,16 @@ from prefect.artifacts import (
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.refusals import refusing
 from flows.results import WriteResult
-from flows.runner import task_runner
 from flows.sources import Source, SourceModel
-from flows.targets import Target, TargetNotFoundError
-from flows.write import WriteRun, load_credentials, open_source, run_write
+from flows.targets import Target
+from flows.write import WriteRun, open_source, run_write
+from tasks.cluster import task_runner
 from tasks.coverage import Coverage, coverage
-from tasks.errors import PlanError, RequestError
+from tasks.errors import PlanError, RequestError, TargetNotFoundError
 from tasks.request import WriteRequest
 from tasks.stored import StoredGroup, normalize_group
 from tasks.writer import XarrayDatasetWriter

@@ -36,7 +36,6 @@ from flows.backfill import backfill_flow, windows_between
 from flows.options import loads_json, validate, validation_message
 from flows.refusals import quiet_console
 from flows.results import WriteResult
-from flows.runner import on_scheduler
 from flows.sources import SourceModel, SyntheticSource, parse_source
 from flows.targets import Target
 from flows.write import (
@@ -47,6 +46,7 @@ from flows.write import (
     modify_flow,
     region_flow,
 )
+from tasks.cluster import on_scheduler
 from tasks.coverage import coverage
 from tasks.errors import GroupNotFoundError, IcefloeError, PlanError, RequestError, is_refusal
 from tasks.plan import human_bytes

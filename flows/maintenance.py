@@ -34,11 +34,11 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.metadata import current_run
 from flows.refusals import refusing
 from flows.targets import Target, safe_url
-from flows.write import load_credentials
 from tasks.errors import PlanError
 from tasks.maintenance import DEFAULT_MARGIN, check_cutoff, expire_and_collect
 from tasks.plan import human_bytes

@@ -16,13 +16,15 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.backfill import publish_coverage
+from flows.credentials import load_credentials
 from flows.refusals import refusing
 from flows.results import WriteResult
-from flows.runner import task_runner
 from flows.sources import Source
-from flows.targets import Target, TargetNotFoundError
-from flows.write import RunOptions, append_flow, load_credentials
+from flows.targets import Target
+from flows.write import RunOptions, append_flow
+from tasks.cluster import task_runner
 from tasks.coverage import coverage
+from tasks.errors import TargetNotFoundError
 from tasks.stored import StoredGroup, normalize_group
 
 __all__ = ["last_label", "scheduled_append_flow"]

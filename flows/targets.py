@@ -11,21 +11,24 @@ pickled or persisted ever holds the secret itself.
 
 from __future__ import annotations
 
-import functools
-import json
 import os
-import threading
-import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
 from typing import Any, Literal
 from urllib.parse import urlsplit, urlunsplit
 
 import icechunk
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from tasks.errors import IcefloeError
+# load_secret_credentials stays importable from here: forks pickled before it moved refer
+# to it as flows.targets.load_secret_credentials.
+from flows.credentials import load_secret_credentials, read_secret_block, secret_block_auth
+from tasks.errors import (
+    TargetError,
+    TargetNotFoundError,
+    TargetUnreachableError,
+    first_line,
+)
 
 __all__ = [
     "SAFE_STORAGE_OPTION_KEYS",
@@ -87,7 +90,6 @@ _S3_OPTIONS = frozenset(
 # How long credentials loaded from a Secret block are used before the block is read again
 # (icechunk asks the callback again once they expire): a rotated secret is picked up
 # within this time, and a process asks the Prefect API at most this often per block.
-SECRET_REFRESH_SECONDS = 600
 # Static credentials that ``storage(credentials=...)`` accepts, per scheme (the keyword
 # arguments of the icechunk storage constructors).
 _CREDENTIAL_KEYS: dict[str, frozenset[str]] = {
@@ -102,18 +104,6 @@ _TRUE = frozenset({"true", "1", "yes", "on"})
 _FALSE = frozenset({"false", "0", "no", "off"})
 
 StorageOptionValue = str | int | bool
-
-
-class TargetError(IcefloeError):
-    """A target cannot be used: it is misconfigured, missing or unreachable."""
-
-
-class TargetNotFoundError(TargetError, FileNotFoundError):
-    """No Icechunk repository exists where the target points."""
-
-
-class TargetUnreachableError(TargetError, ConnectionError):
-    """The storage behind the target could not be reached or read."""
 
 
 def is_credential_key(key: str) -> bool:
@@ -223,152 +213,6 @@ def _as_config_value(value: StorageOptionValue) -> str:
     if isinstance(value, bool):
         return "true" if value else "false"
     return str(value)
-
-
-# ------------------------------------------------------ credentials from a Secret block
-#
-# A Target with ``credentials_secret_block`` gets a storage whose credentials come from a
-# callback: icechunk pickles the callable (by reference: module, name, arguments) into the
-# storage config, and so into every pickled Repository, Session and ForkSession. Only the
-# block's name, the scheme and the Prefect API URL travel; each process that uses the
-# storage calls the callback, which reads the block through the Prefect API (cached per
-# process for SECRET_REFRESH_SECONDS). Pickled forks persisted as task results, or shipped to
-# Dask workers, therefore never hold the secret (tests/storage/test_s3_flows.py greps them).
-
-_secrets: dict[tuple[str, str | None], tuple[Mapping[str, str], float]] = {}
-_secrets_lock = threading.Lock()
-
-
-def _prefect_api_url() -> str | None:
-    """This process's Prefect API URL, if it has one and it carries nothing secret."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
-    if not url or safe_url(url) != url:  # user info or a query could hold a password
-        return None
-    return str(url)
-
-
-def _remember_secret(block: str, api_url: str | None, credentials: Mapping[str, str]) -> None:
-    with _secrets_lock:
-        _secrets[(block, api_url)] = (dict(credentials), time.monotonic())
-
-
-def read_secret_block(block: str) -> dict[str, str]:
-    """The JSON object of credentials held by the Prefect Secret block ``block``.
-
-    Raises TargetError naming the block (never its contents) when it is missing or holds
-    something else.
-    """
-    from prefect.blocks.system import Secret
-
-    try:
-        # _sync: icechunk may call this from a thread with a running event loop, where
-        # Prefect would otherwise hand back a coroutine.
-        value = Secret.load(block, _sync=True).get()
-    except ValueError as err:  # Prefect: "Unable to find block document named ..."
-        raise TargetError(
-            f"cannot load the Secret block {block!r} named by Target.credentials_secret_block "
-            f"({_first_line(err)}): create it (prefect block create secret) or fix the name"
-        ) from err
-    if isinstance(value, str):
-        try:
-            value = json.loads(value)
-        except json.JSONDecodeError:
-            value = None
-    if not isinstance(value, Mapping):
-        raise TargetError(
-            f"the Secret block {block!r} does not hold a JSON object of credentials: store e.g. "
-            '{"access_key_id": ..., "secret_access_key": ...}'
-        )
-    return {str(k): str(v) for k, v in value.items()}
-
-
-def load_secret_credentials(
-    block: str, scheme: str, api_url: str | None = None
-) -> (
-    icechunk.S3StaticCredentials
-    | icechunk.GcsBearerCredential
-    | icechunk.AzureRefreshableCredential.AccessKey
-    | icechunk.AzureRefreshableCredential.SasToken
-    | icechunk.AzureRefreshableCredential.BearerToken
-):
-    """icechunk's credentials callback for a Target with ``credentials_secret_block``.
-
-    Module-level so that pickle stores it by reference. The block is read through this
-    process's Prefect API if it has one configured, else through ``api_url``, the API of
-    the process that built the storage (a Dask worker rarely has its own); Prefect Cloud
-    also needs PREFECT_API_KEY in the worker's environment.
-    """
-    own = _prefect_api_url()
-    with _secrets_lock:
-        cached = _secrets.get((block, own)) or _secrets.get((block, api_url))
-    now = time.monotonic()
-    if cached is not None and now - cached[1] < SECRET_REFRESH_SECONDS:
-        credentials, fetched = cached
-    else:
-        url = own or api_url
-        if own is None and api_url is not None:
-            from prefect.settings import PREFECT_API_URL, temporary_settings
-
-            with temporary_settings({PREFECT_API_URL: api_url}):
-                credentials = read_secret_block(block)
-        else:
-            credentials = read_secret_block(block)
-        fetched = now
-        _remember_secret(block, url, credentials)
-    expires = datetime.now(UTC) + timedelta(seconds=SECRET_REFRESH_SECONDS - (now - fetched))
-    return _refreshable_credential(block, scheme, credentials, expires)
-
-
-def _refreshable_credential(
-    block: str, scheme: str, credentials: Mapping[str, str], expires: datetime
-) -> Any:
-    """The block's contents as the credential type icechunk's callback for ``scheme`` returns."""
-    allowed = _BLOCK_CREDENTIAL_KEYS[scheme]
-    unknown = sorted(set(credentials) - allowed)
-    if unknown:
-        raise TargetError(
-            f"the Secret block {block!r} holds keys {unknown} that a {scheme} repository does "
-            f"not take from a Secret block: use only {sorted(allowed)}"
-            + (_GCS_BLOCK_HINT if scheme == "gs" else "")
-        )
-    if scheme == "s3":
-        missing = sorted({"access_key_id", "secret_access_key"} - set(credentials))
-        if missing:
-            raise TargetError(f"the Secret block {block!r} lacks {missing} for an s3 repository")
-        return icechunk.S3StaticCredentials(
-            access_key_id=credentials["access_key_id"],
-            secret_access_key=credentials["secret_access_key"],
-            session_token=credentials.get("session_token") or None,
-            expires_after=expires,
-        )
-    if scheme == "gs":
-        if "bearer_token" not in credentials:
-            raise TargetError(f"the Secret block {block!r} lacks 'bearer_token'{_GCS_BLOCK_HINT}")
-        return icechunk.GcsBearerCredential(credentials["bearer_token"], expires_after=expires)
-    if len(credentials) != 1:
-        raise TargetError(
-            f"the Secret block {block!r} must hold exactly one of {sorted(allowed)} for an az "
-            "repository"
-        )
-    kind, value = next(iter(credentials.items()))
-    azure = icechunk.AzureRefreshableCredential
-    make = {"access_key": azure.AccessKey, "sas_token": azure.SasToken}.get(kind, azure.BearerToken)
-    return make(value, expires_after=expires)
-
-
-_BLOCK_CREDENTIAL_KEYS: dict[str, frozenset[str]] = {
-    "s3": frozenset({"access_key_id", "secret_access_key", "session_token"}),
-    # icechunk refreshes only bearer tokens for GCS; a service-account key cannot be handed
-    # to a callback, and as a static credential it would be pickled into every fork.
-    "gs": frozenset({"bearer_token"}),
-    "az": frozenset({"access_key", "sas_token", "bearer_token"}),
-}
-_GCS_BLOCK_HINT = (
-    "; a service-account key cannot come from a Secret block (icechunk would pickle it into "
-    "every fork): give the flow and its workers GOOGLE_APPLICATION_CREDENTIALS instead"
-)
 
 
 def _checked_credentials(location: _Location, credentials: Mapping[str, str]) -> Mapping[str, str]:
@@ -517,7 +361,7 @@ class Target(BaseModel):
           icechunk calls in whichever process uses the storage: the flow, a Dask worker that
           unpickled a fork, a re-run that unpickled a persisted fork. The pickle holds the
           block's name and the Prefect API URL, never the secret. ``credentials``, if given,
-          are the block's contents already loaded (as ``flows.write.load_credentials`` does):
+          are the block's contents already loaded (as ``flows.credentials.load_credentials`` does):
           they are checked and cached in this process so the callback need not ask the API.
         - ``storage_options["anonymous"]``: unsigned requests (public buckets, reads).
         - static ``credentials`` without a block (library use): passed to icechunk as they
@@ -549,17 +393,8 @@ class Target(BaseModel):
             )
         auth: dict[str, Any]
         if block:
-            api_url = _prefect_api_url()
-            if credentials:
-                checked = _checked_credentials(location, credentials)
-                # Refused now, in the flow, rather than by the callback on a worker.
-                _refreshable_credential(block, location.scheme, checked, datetime.now(UTC))
-                _remember_secret(block, api_url, checked)
-            auth = {
-                "get_credentials": functools.partial(
-                    load_secret_credentials, block, location.scheme, api_url
-                )
-            }
+            checked = _checked_credentials(location, credentials) if credentials else None
+            auth = secret_block_auth(block, location.scheme, checked)
         elif credentials:
             auth = dict(_checked_credentials(location, credentials))
         elif anonymous:
@@ -612,18 +447,18 @@ class Target(BaseModel):
             ) from err
         except icechunk.InvalidInputError as err:
             raise TargetError(
-                f"cannot create a repository at {where}: {_first_line(err)}; point Target.repo "
+                f"cannot create a repository at {where}: {first_line(err)}; point Target.repo "
                 "at an empty directory or prefix, or at an existing Icechunk repository"
             ) from err
         except icechunk.StorageError as err:
             raise TargetUnreachableError(
-                f"cannot reach the repository at {where}: {_first_line(err)}; check Target.repo, "
+                f"cannot reach the repository at {where}: {first_line(err)}; check Target.repo, "
                 "Target.storage_options (endpoint_url, region, allow_http, force_path_style, "
                 "anonymous) and the credentials (environment or credentials_secret_block)"
             ) from err
         except icechunk.IcechunkError as err:
             raise TargetError(
-                f"cannot open the repository at {where}: {_first_line(err)}; check Target.repo"
+                f"cannot open the repository at {where}: {first_line(err)}; check Target.repo"
             ) from err
 
     def _repository_config(self) -> icechunk.RepositoryConfig | None:
@@ -649,10 +484,3 @@ class Target(BaseModel):
             # The block's name is not a secret and tells an operator where credentials live.
             details.append(f"credentials from Secret block {self.credentials_secret_block!r}")
         return f"{location.url} ({'; '.join(details)})"
-
-
-def _first_line(err: BaseException) -> str:
-    # icechunk messages carry a multi-line Rust span trace; the first line is the cause.
-    lines = str(err).strip().splitlines()
-    first = lines[0] if lines else type(err).__name__
-    return first if len(first) <= 300 else first[:297] + "..."

@@ -11,7 +11,7 @@ resumes from its finished phases and batches; the commit merges them at the run'
 base and publishes them with one commit (rebased with conflict detection when the
 branch moved). Runs that change metadata are serialized per repository and group;
 region runs run side by side. The lazy write runs on the flow's DaskTaskRunner (see
-flows.runner); everything else runs in the flow process.
+tasks.cluster); everything else runs in the flow process.
 """
 
 import datetime as dt
@@ -35,18 +35,19 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.refusals import refusing
 from flows.results import WriteResult
-from flows.runner import scheduler_address as resolve_scheduler_address
-from flows.runner import task_runner
 from flows.sources import IcechunkSource, Source, SourceModel
-from flows.targets import Target, TargetError, TargetNotFoundError, safe_url
+from flows.targets import Target, safe_url
 from tasks import phases
 from tasks.audit import AuditRules, audit_snapshot
-from tasks.errors import CommitConflictError, GroupNotFoundError
+from tasks.cluster import check_scheduler, task_runner
+from tasks.cluster import scheduler_address as resolve_scheduler_address
+from tasks.errors import CommitConflictError, GroupNotFoundError, TargetError, TargetNotFoundError
 from tasks.plan import WritePlan, human_bytes
 from tasks.publish import Audit
 from tasks.request import OnOverlap, RegionSpec, WriteMode, WriteRequest
@@ -607,41 +608,8 @@ def open_source(
     return source.open(start, end, append_dim=append_dim)
 
 
-def load_credentials(target: Target) -> dict[str, str] | None:
-    """The static credentials in ``target.credentials_secret_block``, or None (environment)."""
-    if not target.credentials_secret_block:
-        return None
-    from prefect.blocks.system import Secret
-
-    value = Secret.load(target.credentials_secret_block).get()
-    if isinstance(value, str):
-        value = json.loads(value)
-    if not isinstance(value, Mapping):
-        raise TargetError(
-            f"the Secret block {target.credentials_secret_block!r} does not hold a JSON object "
-            'of credentials: store e.g. {"access_key_id": ..., "secret_access_key": ...}'
-        )
-    return {str(k): str(v) for k, v in value.items()}
-
-
 def _scheduler(run: WriteRun) -> str | None:
     return resolve_scheduler_address(run.scheduler_address)
-
-
-def check_scheduler(address: str | None, timeout: float = 10.0) -> None:
-    """Fail before anything is written when the Dask scheduler cannot be reached."""
-    if not address:
-        return
-    from distributed import Client
-
-    try:
-        Client(address, timeout=timeout, set_as_default=False).close()
-    except (OSError, TimeoutError, ValueError) as err:
-        raise TargetError(
-            f"cannot reach the Dask scheduler at {address!r} ({type(err).__name__}: {err}); "
-            "start it, fix the address, or unset scheduler_address / ICEFLOE_SCHEDULER_ADDRESS "
-            "to use a local cluster"
-        ) from err
 
 
 def _parameters() -> dict[str, Any]:

@@ -78,9 +78,31 @@ class RequestError(IcefloeError, ValueError):
     option, what is wrong and a valid example."""
 
 
+class TargetError(IcefloeError):
+    """A target cannot be used: it is misconfigured, missing or unreachable."""
+
+
+class TargetNotFoundError(TargetError, FileNotFoundError):
+    """No Icechunk repository exists where the target points."""
+
+
+class TargetUnreachableError(TargetError, ConnectionError):
+    """The storage behind the target (or the Dask scheduler) could not be reached or read."""
+
+
 class SourceNotFoundError(IcefloeError, FileNotFoundError):
     """The source names data that is not there: files no pattern matches, a missing store or
     group. Still a FileNotFoundError, which is what callers caught before."""
+
+
+def first_line(err: BaseException) -> str:
+    """The first line of ``err``'s message, for messages that quote another library's error.
+
+    icechunk messages carry a multi-line Rust span trace; the first line is the cause.
+    """
+    lines = str(err).strip().splitlines()
+    first = lines[0] if lines else type(err).__name__
+    return first if len(first) <= 300 else first[:297] + "..."
 
 
 def is_refusal(exc: BaseException) -> bool:

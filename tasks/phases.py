@@ -19,14 +19,12 @@ import contextvars
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
-from contextlib import contextmanager
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 from uuid import UUID
 
 import icechunk
-from distributed import Client
 from distributed.comm.core import CommClosedError
 from prefect import Task, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -35,10 +33,10 @@ from prefect.client.schemas.objects import TaskRun
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 from prefect.states import State
-from prefect_dask import DaskTaskRunner
 
 from tasks import batches
 from tasks.batches import LazyBatch
+from tasks.cluster import dask_client
 from tasks.commit import commit_lock, commit_session
 from tasks.errors import IcefloeError
 from tasks.plan import WritePlan
@@ -273,29 +271,6 @@ class _BatchProgress:
     def advance(self, done: int) -> None:
         if self._artifact is not None:
             update_progress_artifact(self._artifact, progress=round(100 * done / self._total, 1))
-
-
-@contextmanager
-def dask_client(scheduler_address: str | None) -> Iterator[Client | None]:
-    runner = _flow_task_runner()
-    if scheduler_address and not (
-        isinstance(runner, DaskTaskRunner) and runner.address == scheduler_address
-    ):
-        # Asked for a cluster the flow's runner does not use (e.g. the flow parameter of a
-        # deployment): connect to it for this write only.
-        with Client(scheduler_address, set_as_default=False) as client:
-            yield client
-    elif isinstance(runner, DaskTaskRunner):
-        # Called in the flow process, dask would use threads; the runner's client (created
-        # on first access, so flows that never write lazily start no cluster) is the cluster.
-        yield runner.client
-    else:
-        yield None
-
-
-def _flow_task_runner() -> object | None:
-    context = FlowRunContext.get()
-    return context.task_runner if context is not None else None
 
 
 class _ProgressReporter:

@@ -26,8 +26,8 @@ from typing import Any
 import zarr
 
 from flows import Target, append_flow, create_flow, modify_flow, region_flow
+from flows.credentials import load_credentials
 from flows.locks import lock_holder
-from flows.write import load_credentials
 
 FLOWS = {"append": append_flow, "create": create_flow, "modify": modify_flow, "region": region_flow}
 

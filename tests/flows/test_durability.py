@@ -30,7 +30,8 @@ import pytest
 import xarray as xr
 
 from flows import Target, append_flow, create_flow, region_flow
-from flows.write import RunOptions, load_credentials
+from flows.credentials import load_credentials
+from flows.write import RunOptions
 from tasks.errors import CommitConflictError, VerificationError
 from tests.conftest import plain_xarray, read_back, tip
 from tests.flows.durability_sources import DATA_VARS, revised

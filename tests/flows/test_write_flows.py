@@ -15,8 +15,8 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 
 from flows import Target, WriteResult, append_flow, create_flow, modify_flow, region_flow
 from flows.metadata import RunInfo, commit_metadata
-from flows.runner import on_scheduler
 from flows.sources import PythonSource, SyntheticSource, ZarrSource
+from tasks.cluster import on_scheduler
 from tasks.errors import PlanError, VerificationError
 from tests.conftest import plain_xarray, read_back, tip
 from tests.flows.python_sources import GRID, scaled, synthetic, with_celsius

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 import zarr
 
-from flows import targets
-from flows.targets import Target, TargetError, load_secret_credentials
+from flows import credentials
+from flows.credentials import load_secret_credentials
+from flows.targets import Target, TargetError
 from tests.s3_server import S3Endpoint
 
 SECRET = "SECRET-s3-abc123-unit"
@@ -27,7 +28,7 @@ BLOCK = "icefloe-unit-block"
 
 @pytest.fixture(autouse=True)
 def no_cached_secrets(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(targets, "_secrets", {})
+    monkeypatch.setattr(credentials, "_secrets", {})
 
 
 @pytest.fixture
@@ -39,7 +40,7 @@ def block_reads(monkeypatch: pytest.MonkeyPatch) -> list[str]:
         reads.append(block)
         return {"access_key_id": "AKIAICEFLOEUNIT00000", "secret_access_key": SECRET}
 
-    monkeypatch.setattr(targets, "read_secret_block", read)
+    monkeypatch.setattr(credentials, "read_secret_block", read)
     return reads
 
 
@@ -83,9 +84,9 @@ def test_the_callback_caches_the_block_and_reads_it_again_after_the_refresh_time
     assert first.secret_access_key == again.secret_access_key == SECRET
     assert first.expires_after is not None
     left = first.expires_after - datetime.now(UTC)
-    assert timedelta(seconds=590) < left <= timedelta(seconds=targets.SECRET_REFRESH_SECONDS)
+    assert timedelta(seconds=590) < left <= timedelta(seconds=credentials.SECRET_REFRESH_SECONDS)
 
-    monkeypatch.setattr(targets, "SECRET_REFRESH_SECONDS", 0)
+    monkeypatch.setattr(credentials, "SECRET_REFRESH_SECONDS", 0)
     load_secret_credentials(BLOCK, "s3")
     assert block_reads == [BLOCK, BLOCK]
 

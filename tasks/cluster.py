@@ -1,0 +1,107 @@
+"""Which Dask cluster a run's lazy write computes on, chosen in one place.
+
+By default each flow run gets a LocalCluster of worker processes sized to the machine,
+created by prefect-dask only when the run first needs it (a dry run or an idempotent
+re-run starts none). A scheduler address, from the ``ICEFLOE_SCHEDULER_ADDRESS``
+environment variable or given explicitly, points the run at a running cluster instead.
+``dask_client`` hands write_lazy the client of whichever applies; how work is routed to
+that client thread by thread is ``tasks.progress.counting_scheduler``.
+
+Part of the Prefect layer of ``tasks/`` (with ``phases.py``): the writer core never
+imports it.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from distributed import Client
+from prefect import Flow
+from prefect.context import FlowRunContext
+from prefect_dask import DaskTaskRunner
+
+from tasks.errors import TargetUnreachableError
+
+__all__ = [
+    "MAX_LOCAL_WORKERS",
+    "SCHEDULER_ADDRESS_ENV",
+    "check_scheduler",
+    "dask_client",
+    "on_scheduler",
+    "scheduler_address",
+    "task_runner",
+]
+
+SCHEDULER_ADDRESS_ENV = "ICEFLOE_SCHEDULER_ADDRESS"
+# More worker processes than this mostly add memory pressure and start-up time on one host.
+MAX_LOCAL_WORKERS = 8
+
+
+def scheduler_address(explicit: str | None = None) -> str | None:
+    """The scheduler to use: ``explicit``, else ``$ICEFLOE_SCHEDULER_ADDRESS``, else None."""
+    return explicit or os.environ.get(SCHEDULER_ADDRESS_ENV) or None
+
+
+def task_runner(address: str | None = None) -> DaskTaskRunner:
+    """A DaskTaskRunner on ``scheduler_address(address)``, or on a new LocalCluster."""
+    resolved = scheduler_address(address)
+    if resolved:
+        return DaskTaskRunner(address=resolved)
+    # DaskTaskRunner(cluster=LocalCluster(...)) does not serialise; a class name and kwargs do.
+    return DaskTaskRunner(
+        cluster_class="distributed.LocalCluster",
+        cluster_kwargs={
+            "n_workers": min(os.cpu_count() or 1, MAX_LOCAL_WORKERS),
+            "threads_per_worker": 1,
+            # Processes: encoding and compression hold the GIL for much of a chunk write.
+            "processes": True,
+            "dashboard_address": None,
+        },
+    )
+
+
+def on_scheduler(flow: Flow[Any, Any], address: str | None) -> Flow[Any, Any]:
+    """``flow`` running its lazy write on the scheduler at ``address`` (None: the default)."""
+    if not scheduler_address(address):
+        return flow
+    return flow.with_options(task_runner=task_runner(address))
+
+
+def check_scheduler(address: str | None, timeout: float = 10.0) -> None:
+    """Fail before anything is written when the Dask scheduler cannot be reached."""
+    if not address:
+        return
+    try:
+        Client(address, timeout=timeout, set_as_default=False).close()
+    except (OSError, TimeoutError, ValueError) as err:
+        raise TargetUnreachableError(
+            f"cannot reach the Dask scheduler at {address!r} ({type(err).__name__}: {err}); "
+            "start it, fix the address, or unset scheduler_address / ICEFLOE_SCHEDULER_ADDRESS "
+            "to use a local cluster"
+        ) from err
+
+
+@contextmanager
+def dask_client(scheduler_address: str | None) -> Iterator[Client | None]:
+    runner = _flow_task_runner()
+    if scheduler_address and not (
+        isinstance(runner, DaskTaskRunner) and runner.address == scheduler_address
+    ):
+        # Asked for a cluster the flow's runner does not use (e.g. the flow parameter of a
+        # deployment): connect to it for this write only.
+        with Client(scheduler_address, set_as_default=False) as client:
+            yield client
+    elif isinstance(runner, DaskTaskRunner):
+        # Called in the flow process, dask would use threads; the runner's client (created
+        # on first access, so flows that never write lazily start no cluster) is the cluster.
+        yield runner.client
+    else:
+        yield None
+
+
+def _flow_task_runner() -> object | None:
+    context = FlowRunContext.get()
+    return context.task_runner if context is not None else None
