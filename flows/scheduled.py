@@ -31,13 +31,13 @@ __all__ = ["last_label", "scheduled_append_flow"]
 
 
 def last_label(
-    repo: icechunk.Repository, branch: str, group: str | None, dim: str
+    repo: icechunk.Repository, branch: str, group: str | None, append_dim: str
 ) -> pd.Timestamp | None:
-    """The last label stored along ``dim``, or None when the group holds nothing yet."""
+    """The last label stored along ``append_dim``, or None when the group holds nothing yet."""
     stored = StoredGroup(repo.readonly_session(branch=branch).store, normalize_group(group))
-    if stored.is_empty or dim not in stored.indexes:
+    if stored.is_empty or append_dim not in stored.indexes:
         return None
-    return pd.Timestamp(stored.indexes[dim][-1])
+    return pd.Timestamp(stored.indexes[append_dim][-1])
 
 
 def _as_naive_utc(moment: dt.datetime) -> pd.Timestamp:

@@ -431,12 +431,17 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
         # An overwrite deletes the group, and forks that each carry that deletion cannot be
         # merged: it works in the session itself and cannot resume (docs/stack-facts.md).
         workspace = session if overwrite else session.fork()
-        key = _resume_key(run, repo, base) if workspace is not session else None
-        workspace = phases.persisted(phases.write_metadata, key)(writer, workspace, key)
-        workspace = phases.persisted(phases.write_eager, key)(writer, workspace, key)
+        resume_key = _resume_key(run, repo, base) if workspace is not session else None
+        write_metadata = phases.persisted(phases.write_metadata, resume_key)
+        workspace = write_metadata(writer, workspace, resume_key)
+        workspace = phases.persisted(phases.write_eager, resume_key)(writer, workspace, resume_key)
         phases.verify(writer, workspace)
         forks, lazy = phases.write_lazy(
-            writer, workspace, key, _target_batches(plan, run), scheduler_address=_scheduler(run)
+            writer,
+            workspace,
+            resume_key,
+            _target_batches(plan, run),
+            scheduler_address=_scheduler(run),
         )
         metadata = {**_metadata(plan, run), "run_key": _run_key(run), "base_snapshot": base}
         snapshot_id = phases.commit(

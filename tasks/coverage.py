@@ -37,10 +37,10 @@ class Gap:
 
 @dataclass(frozen=True)
 class Coverage:
-    """Presence of data per label along ``dim``."""
+    """Presence of data per label along ``append_dim``."""
 
     group: str | None
-    dim: str
+    append_dim: str
     labels: pd.Index
     present: np.ndarray[Any, np.dtype[np.bool_]]
 
@@ -67,7 +67,7 @@ class Coverage:
     def markdown(self) -> str:
         where = f"group {self.group!r}" if self.group else "the root group"
         lines = [
-            f"# Coverage of {where} along {self.dim!r}",
+            f"# Coverage of {where} along {self.append_dim!r}",
             "",
             f"{self.n_present} of {len(self.labels)} labels hold data"
             + (f", from {self.labels[0]} to {self.labels[-1]}" if len(self.labels) else ""),
@@ -83,7 +83,7 @@ class Coverage:
 
     def __str__(self) -> str:
         gaps = self.gaps()
-        head = f"{self.n_present}/{len(self.labels)} labels along {self.dim!r} hold data"
+        head = f"{self.n_present}/{len(self.labels)} labels along {self.append_dim!r} hold data"
         if not len(self.labels):
             return head
         bar = _bar(self.present, width=60)
@@ -106,7 +106,9 @@ class Coverage:
         if len(self.labels):
             ticks = np.unique(np.linspace(0, len(x) - 1, min(6, len(x))).astype(int))
             ax.set_xticks(ticks, [str(self.labels[t])[:16] for t in ticks], fontsize=7)
-        ax.set_title(f"{self.dim}: {self.n_present}/{len(self.labels)} labels hold data (gaps red)")
+        ax.set_title(
+            f"{self.append_dim}: {self.n_present}/{len(self.labels)} labels hold data (gaps red)"
+        )
         fig.tight_layout()
         fig.savefig(path)
         plt.close(fig)
@@ -119,32 +121,36 @@ def _bar(present: np.ndarray[Any, Any], width: int) -> str:
     return "".join("█" if c.all() else ("▒" if c.any() else "·") for c in cells)
 
 
-def coverage(session: icechunk.Session, group: str | None = None, dim: str = "time") -> Coverage:
-    """The coverage of ``group`` along ``dim`` in ``session`` (any session, read-only is fine)."""
+def coverage(
+    session: icechunk.Session, group: str | None = None, append_dim: str = "time"
+) -> Coverage:
+    """The coverage of ``group`` along ``append_dim`` in ``session`` (read-only is fine)."""
     # Times other than the labels stay undecoded: fill values are masked all the same, and
     # an extended float time variable (bounds) in a non-standard calendar holding only fill
     # values in its new part cannot be decoded at all
     group_view = StoredGroup(session.store, group)
-    if dim not in group_view.indexes:
+    if append_dim not in group_view.indexes:
         raise ValueError(
-            f"the group has no {dim!r} coordinate (it has {sorted(group_view.indexes)}); "
-            "pass the append dimension as dim"
+            f"the group has no {append_dim!r} coordinate (it has {sorted(group_view.indexes)}); "
+            "pass the append dimension as append_dim"
         )
-    labels = group_view.indexes[dim]
+    labels = group_view.indexes[append_dim]
     stored = group_view.undecoded
     bounds = {v.attrs.get("bounds") for v in stored.variables.values()}
-    variables = [str(n) for n, v in stored.data_vars.items() if dim in v.dims and n not in bounds]
+    variables = [
+        str(n) for n, v in stored.data_vars.items() if append_dim in v.dims and n not in bounds
+    ]
     present = np.ones(len(labels), dtype=bool)
     for name in variables:
-        present &= _labels_with_chunks(session, group, name, stored[name], dim)
+        present &= _labels_with_chunks(session, group, name, stored[name], append_dim)
     undecided, present = present, np.zeros(len(labels), dtype=bool)
     for name in variables:
         if not undecided.any():
             break
-        found = _labels_with_values(stored[name], dim, undecided)
+        found = _labels_with_values(stored[name], append_dim, undecided)
         present |= found
         undecided &= ~found
-    return Coverage(group, dim, labels, present)
+    return Coverage(group, append_dim, labels, present)
 
 
 def _labels_with_chunks(

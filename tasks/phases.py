@@ -110,25 +110,25 @@ def _logger() -> logging.Logger | logging.LoggerAdapter[logging.Logger]:
 # -- the prepared workspace ---------------------------------------------------------------------
 #
 # A run works in a *workspace*: a ForkSession of the branch tip for every mode but
-# overwrite, whose phases are persisted as task results under the run's key so that a
+# overwrite, whose phases are persisted as task results under the run's resume key so that a
 # killed run resumes from them; or, for overwrite (a deleted group cannot be merged
 # from several forks), the writable session itself, which lives and dies with the
-# process. ``key`` is None for the latter, and nothing is persisted.
+# process. ``resume_key`` is None for the latter, and nothing is persisted.
 
 Workspace = icechunk.Session
 
 
 def _phase_key(phase: str) -> Any:
     def key(context: Any, parameters: dict[str, Any]) -> str | None:
-        run_key = parameters.get("key")
-        return f"{run_key}/{phase}" if run_key else None
+        resume_key = parameters.get("resume_key")
+        return f"{resume_key}/{phase}" if resume_key else None
 
     return key
 
 
-def persisted(task_: Task[..., Any], key: str | None) -> Task[..., Any]:
-    """``task_`` persisting its result under ``key``, or persisting nothing without one."""
-    if key:
+def persisted(task_: Task[..., Any], resume_key: str | None) -> Task[..., Any]:
+    """``task_`` persisting its result under ``resume_key``, or persisting nothing without one."""
+    if resume_key:
         return task_
     return task_.with_options(persist_result=False, cache_policy=NO_CACHE)
 
@@ -140,18 +140,22 @@ def plan(writer: XarrayDatasetWriter) -> WritePlan:
 
 
 @task(name="write_metadata", cache_key_fn=_phase_key("metadata"), persist_result=True, retries=0)
-def write_metadata(writer: XarrayDatasetWriter, workspace: Workspace, key: str | None) -> Workspace:
+def write_metadata(
+    writer: XarrayDatasetWriter, workspace: Workspace, resume_key: str | None
+) -> Workspace:
     """Create, replace, resize and delete arrays and set attributes in the workspace.
 
-    Call through ``persisted(write_metadata, key)``: with a key the resulting fork is
-    persisted, and a re-run with the same key gets it back instead of writing again.
+    Call through ``persisted(write_metadata, resume_key)``: with a key the resulting fork
+    is persisted, and a re-run with the same key gets it back instead of writing again.
     """
     writer.on_store(workspace.store, completed=[]).write_metadata()
     return workspace
 
 
 @task(name="write_eager", cache_key_fn=_phase_key("eager"), persist_result=True, retries=0)
-def write_eager(writer: XarrayDatasetWriter, workspace: Workspace, key: str | None) -> Workspace:
+def write_eager(
+    writer: XarrayDatasetWriter, workspace: Workspace, resume_key: str | None
+) -> Workspace:
     """Write the in-memory (numpy-backed) variables into the workspace (persisted like metadata)."""
     writer.on_store(workspace.store, completed=["write_metadata"]).write_eager()
     return workspace
@@ -184,9 +188,9 @@ class LazyWriteStats:
     name="write_lazy",
     task_run_name="write_lazy-batch-{batch.index}",
     cache_key_fn=lambda context, parameters: (
-        f"{parameters['key']}/batch-{parameters['batch'].index}"
+        f"{parameters['resume_key']}/batch-{parameters['batch'].index}"
         f"-{parameters['batch'].start}-{parameters['batch'].stop}"
-        if parameters["key"]
+        if parameters["resume_key"]
         else None
     ),
     persist_result=True,
@@ -196,7 +200,7 @@ class LazyWriteStats:
     retry_condition_fn=retry_transient,
 )
 def write_lazy_batch(
-    workspace: Workspace, batch: LazyBatch, key: str | None
+    workspace: Workspace, batch: LazyBatch, resume_key: str | None
 ) -> icechunk.session.ForkSession:
     """One chunk-aligned window of the lazy write, into its own copy of the workspace.
 
@@ -211,7 +215,7 @@ def write_lazy_batch(
 def write_lazy(
     writer: XarrayDatasetWriter,
     workspace: Workspace,
-    key: str | None,
+    resume_key: str | None,
     target_batches: int = 1,
     scheduler_address: str | None = None,
     report_every: float = 1.0,
@@ -230,7 +234,7 @@ def write_lazy(
         workspace.store, completed=["write_metadata", "write_eager", "verify"]
     )
     todo = prepared.lazy_batches(target_batches=target_batches)
-    batch_task = persisted(write_lazy_batch, key)
+    batch_task = persisted(write_lazy_batch, resume_key)
     count = TaskCount()
     started = time.perf_counter()
     forks: list[icechunk.session.ForkSession] = []
@@ -241,7 +245,7 @@ def write_lazy(
         batch_progress = _BatchProgress(len(todo))
         with _ProgressReporter(count, logger, report_every), counting_scheduler(client, count):
             for batch in todo:
-                state = batch_task(workspace, batch, key, return_state=True)
+                state = batch_task(workspace, batch, resume_key, return_state=True)
                 resumed += state.name == "Cached"
                 forks.append(state.result())
                 batch_progress.advance(len(forks))
