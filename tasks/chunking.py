@@ -104,7 +104,8 @@ def align_to_zarr_chunks(array: da.Array, region: Region, zarr_chunks: Sequence[
     target_chunks = tuple(target)
     if target_chunks == array.chunks:
         return array
-    return array.rechunk(target_chunks)
+    rechunked: da.Array = array.rechunk(target_chunks)
+    return rechunked
 
 
 def default_zarr_chunks(

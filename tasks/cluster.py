@@ -21,7 +21,7 @@ from typing import Any
 from distributed import Client
 from prefect import Flow
 from prefect.context import FlowRunContext
-from prefect_dask import DaskTaskRunner
+from prefect_dask.task_runners import DaskTaskRunner
 
 from tasks.errors import TargetUnreachableError
 
@@ -67,7 +67,8 @@ def on_scheduler(flow: Flow[Any, Any], address: str | None) -> Flow[Any, Any]:
     """``flow`` running its lazy write on the scheduler at ``address`` (None: the default)."""
     if not scheduler_address(address):
         return flow
-    return flow.with_options(task_runner=task_runner(address))
+    # DaskTaskRunner's futures subclass PrefectFuture; Prefect's annotation is invariant
+    return flow.with_options(task_runner=task_runner(address))  # type: ignore[arg-type]
 
 
 def check_scheduler(address: str | None, timeout: float = 10.0) -> None:

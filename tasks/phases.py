@@ -21,7 +21,7 @@ import threading
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from uuid import UUID
 
 import icechunk
@@ -29,10 +29,9 @@ from distributed.comm.core import CommClosedError
 from prefect import Task, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
-from prefect.client.schemas.objects import TaskRun
+from prefect.client.schemas.objects import State, TaskRun
 from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
-from prefect.states import State
 
 from tasks import batches
 from tasks.batches import LazyBatch
@@ -40,7 +39,7 @@ from tasks.cluster import dask_client
 from tasks.commit import commit_lock, commit_session
 from tasks.errors import IcefloeError
 from tasks.plan import WritePlan
-from tasks.progress import TaskCount, counting_scheduler, progress_hooks
+from tasks.progress import TaskCount, counting_scheduler, progress_hooks, scheduler_of
 from tasks.publish import Audit, publish, publish_staged_snapshot
 from tasks.writer import XarrayDatasetWriter, batch_summary
 
@@ -240,12 +239,15 @@ def write_lazy(
     forks: list[icechunk.session.ForkSession] = []
     resumed = 0
     with dask_client(scheduler_address) as client:
-        where = "threads" if client is None else str(client.scheduler.address)
+        where = "threads" if client is None else scheduler_of(client)
         logger.info("write_lazy: %d batches on %s", len(todo), where)
         batch_progress = _BatchProgress(len(todo))
         with _ProgressReporter(count, logger, report_every), counting_scheduler(client, count):
             for batch in todo:
-                state = batch_task(workspace, batch, resume_key, return_state=True)
+                state = cast(
+                    "State[icechunk.session.ForkSession]",
+                    batch_task(workspace, batch, resume_key, return_state=True),
+                )
                 resumed += state.name == "Cached"
                 forks.append(state.result())
                 batch_progress.advance(len(forks))
@@ -268,8 +270,11 @@ class _BatchProgress:
         self._total = total
         self._artifact: UUID | None = None
         if total > 1 and (TaskRunContext.get() or FlowRunContext.get()):
-            self._artifact = create_progress_artifact(
-                progress=0.0, description=f"write_lazy: batches finished of {total}"
+            self._artifact = cast(
+                UUID,
+                create_progress_artifact(
+                    progress=0.0, description=f"write_lazy: batches finished of {total}"
+                ),
             )
 
     def advance(self, done: int) -> None:
@@ -301,8 +306,11 @@ class _ProgressReporter:
 
     def __enter__(self) -> _ProgressReporter:
         if TaskRunContext.get() or FlowRunContext.get():
-            self._artifact = create_progress_artifact(
-                progress=0.0, description="write_lazy: dask tasks finished"
+            self._artifact = cast(
+                UUID,
+                create_progress_artifact(
+                    progress=0.0, description="write_lazy: dask tasks finished"
+                ),
             )
         context = contextvars.copy_context()
         self._thread = threading.Thread(

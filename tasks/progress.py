@@ -151,11 +151,11 @@ def _routing(get: Callable[..., Any]) -> Iterator[None]:
         _route.reset(token)
 
 
-class _ThreadedCount(Callback):  # type: ignore[misc]
+class _ThreadedCount(Callback):
     """A local-scheduler callback; the counts are the ones dask.diagnostics.ProgressBar uses."""
 
     def __init__(self, count: TaskCount) -> None:
-        super().__init__()
+        super().__init__()  # type: ignore[no-untyped-call]  # dask's Callback is unannotated
         self._count = count
 
     def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
@@ -173,11 +173,13 @@ class _ThreadedCount(Callback):  # type: ignore[misc]
         self._count.update(done, done + pending)
 
 
-class _SchedulerFeed(ProgressBar):  # type: ignore[misc]
+class _SchedulerFeed(ProgressBar):
     """distributed's progress-bar plumbing with the drawing replaced by counting."""
 
     def __init__(self, futures: list[Any], client: Client, count: TaskCount) -> None:
-        super().__init__(futures, scheduler=client.scheduler.address, interval="250ms")
+        super().__init__(  # type: ignore[no-untyped-call]  # distributed's is unannotated
+            futures, scheduler=scheduler_of(client), interval="250ms"
+        )
         self._count = count
         self._counting = True
         self._sized = False
@@ -214,7 +216,8 @@ class _DistributedCountingGet:
         # The futures keep the output keys alive until the listener has seen the end; a
         # progress plugin set up on released keys would wait for them forever.
         feed = _SchedulerFeed(futures, client, self._count)
-        listener = asyncio.run_coroutine_threadsafe(feed.listen(), client.loop.asyncio_loop)
+        loop = client.loop.asyncio_loop  # type: ignore[union-attr]  # always an AsyncIOLoop
+        listener = asyncio.run_coroutine_threadsafe(feed.listen(), loop)  # type: ignore[no-untyped-call]
         try:
             result = client.gather(packed)
         except BaseException:
@@ -269,3 +272,10 @@ def _wait_for_listener(listener: concurrent.futures.Future[Any]) -> None:
         log.debug("dask progress listener did not finish in time; counts may be short")
     except Exception:
         log.debug("dask progress listener failed", exc_info=True)
+
+
+def scheduler_of(client: Client) -> str:
+    """The address of ``client``'s scheduler, for logs and progress feeds."""
+    scheduler = client.scheduler
+    assert scheduler is not None, "a connected client always has a scheduler"
+    return str(scheduler.address)

@@ -32,7 +32,6 @@ from tasks.planner import (
     CreatePlanner,
     ModifyPlanner,
     Planned,
-    Planner,
     RegionPlanner,
 )
 from tasks.request import Encoding, OnOverlap, RegionSpec, WriteRequest
@@ -275,12 +274,12 @@ class XarrayDatasetWriter:
         assert self.request is not None
         return self.request.group
 
-    def _planner(self) -> Planner:
+    def _planner(self) -> CreatePlanner | ModifyPlanner | AppendPlanner | RegionPlanner:
         request = self.request
         assert request is not None
         stored = StoredGroup(self.store, request.group)
         if request.mode in ("create", "overwrite"):
-            create_mode = "w" if request.mode == "overwrite" else "w-"
+            create_mode: Literal["w", "w-"] = "w" if request.mode == "overwrite" else "w-"
             return CreatePlanner(self.dataset, stored, create_mode, request.encoding)
         if request.mode == "modify":
             return ModifyPlanner(self.dataset, stored, request.encoding, request.only_new_vars)
@@ -379,7 +378,8 @@ def store_dask(
         if source.ndim and (conflicts := shared_chunks(source.chunks, region, target.chunks)):
             if not align:
                 first = conflicts[0]
-                dim = (target.metadata.dimension_names or [None] * target.ndim)[first.dim_index]
+                names = getattr(target.metadata, "dimension_names", None)  # zarr v3 only
+                dim = (names or [None] * target.ndim)[first.dim_index]
                 raise ChunkConflictError(
                     f"array {target.path!r}: dask blocks {first.block_indices[0]} and "
                     f"{first.block_indices[1]} along axis {first.dim_index}"
