@@ -23,7 +23,6 @@ HEADINGS = (
     "## 5. Resume after a kill at 80 %",
     "## 6. Size scaling",
     "## 7. Backfill",
-    "## Profile and improvement",
 )
 
 
@@ -102,7 +101,6 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     lines += _resume(r["resume"])
     lines += _scaling(r["scaling"])
     lines += _backfill(r["backfill"])
-    lines += _improvement(r["improvement"])
     lines += ["## Findings not fixed here", "", FINDINGS, ""]
     lines += _notes(r)
     return "\n".join(lines).rstrip() + "\n"
@@ -126,7 +124,7 @@ FINDINGS = """\
   deleted one: here it failed in verify with "object not found" for a chunk of `lat` (verify
   caught it; nothing was published). `flows/write.py` `_resume_key` could add something unique
   to the repository instance. The benchmark gives every repository a path of its own.
-- **What still grows with appends.** After improvement 2, the planner (`StoredGroup.dataset`)
+- **What still grows with appends.** The planner (`StoredGroup.indexes`)
   and verify's label check still build the time index, i.e. read every chunk of the time
   coordinate; its chunks are as long as the group's first write (24 labels here, so 42
   chunks after 1,000 appends). A longer time chunk for the coordinate, or planning appends
@@ -202,9 +200,6 @@ def _headline(r: dict[str, Any]) -> list[str]:
             f"| backfill_flow ÷ library append loop, {bf['windows']} windows | "
             f"{row['ratio']:.2f}× | — |"
         )
-    imp = r["improvement"]
-    for item in [] if imp.get("skipped") else imp["items"]:
-        out.append(f"| improvement {item['title']} | {item['headline']} | — |")
     return [*out, ""]
 
 
@@ -416,23 +411,6 @@ def _backfill(bf: dict[str, Any]) -> list[str]:
     return [*out, ""]
 
 
-def _improvement(imp: dict[str, Any]) -> list[str]:
-    out = ["## Profile and improvement", ""]
-    if skipped := _skipped(imp):
-        return [*out, skipped]
-    for item in imp["items"]:
-        out += [f"### {item['title']}", "", item["text"], ""]
-        out += ["| | before | after | after ÷ before |", "|---|---|---|---|"]
-        for row in item["rows"]:
-            out.append(
-                f"| {row['what']} | {_s(row['before'], 3)} s ({_range(row['before'], 3)}) | "
-                f"{_s(row['after'], 3)} s ({_range(row['after'], 3)}) | "
-                f"{row['after']['median'] / row['before']['median']:.2f} |"
-            )
-        out += ["", f"In short: {item['headline']}.", ""]
-    return out
-
-
 def _notes(r: dict[str, Any]) -> list[str]:
     notes = list(r["config"].get("notes") or [])
     if not notes:
@@ -461,7 +439,7 @@ def plot(results: dict[str, Any], path: Path) -> None:
     _plot_scaling(axes[1][1], results["scaling"])
     _plot_resume(axes[1][2], results["resume"])
     _plot_backfill(axes[2][0], results["backfill"])
-    _plot_improvement(axes[2][1], results["improvement"])
+    axes[2][1].axis("off")
     _plot_text(axes[2][2], results)
     fig.tight_layout()
     fig.savefig(path, dpi=90)
@@ -590,21 +568,6 @@ def _plot_backfill(ax: Any, bf: dict[str, Any]) -> None:
     rows = bf["rows"]
     _bars(ax, [r["path"].split(":")[0] for r in rows], [r["seconds"] for r in rows])
     ax.set_xlabel(f"seconds for {bf['bytes'] / 1e9:.2f} GB in {bf['windows']} windows")
-
-
-def _plot_improvement(ax: Any, imp: dict[str, Any]) -> None:
-    if _empty(ax, "improvements: before / after (medians, min–max)", imp):
-        return
-    labels: list[str] = []
-    stats: list[dict[str, Any]] = []
-    for item in imp["items"]:
-        for row in item["rows"]:
-            short = row["what"].replace("library append of 1 h", "append").split(", no")[0]
-            labels += [f"{short}: before", f"{short}: after"]
-            stats += [row["before"], row["after"]]
-    _bars(ax, labels, stats)
-    ax.set_xscale("log")
-    ax.set_xlabel("seconds (log)")
 
 
 def _plot_text(ax: Any, results: dict[str, Any]) -> None:

@@ -26,7 +26,7 @@ from typing import Any
 from benchmarks import measure, report
 from benchmarks.infra import drain_prefect, machine, prefect_server, prefect_settings, versions
 
-SECTIONS = ("bulk", "fixed", "appends", "scaling", "resume", "backfill", "improvement")
+SECTIONS = ("bulk", "fixed", "appends", "scaling", "resume", "backfill")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,7 +120,6 @@ def main(argv: list[str] | None = None) -> int:
             "scaling": lambda: measure.scaling(bench),
             "resume": lambda: measure.resume(bench),
             "backfill": lambda: measure.backfill(bench),
-            "improvement": lambda: measure.improvement(bench),
         }
         for name, step in steps.items():
             if name not in only:

@@ -30,7 +30,7 @@ from deployments.zombies import (
 )
 from flows import Target, create_flow
 from tests.conftest import tip, wait_until
-from tests.flows.test_resume import FIRST_DAY
+from tests.flows.durability_sources import FIRST_DAY
 
 pytestmark = pytest.mark.slow
 

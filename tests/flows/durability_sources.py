@@ -127,3 +127,14 @@ def slow_synthetic(delay: float = 0.3, **window: Any) -> xr.Dataset:
         data = ds[name].data
         ds[name] = ds[name].copy(data=da.map_blocks(_slow, data, delay=delay, dtype=data.dtype))
     return ds
+
+
+# The first day of the synthetic source, hourly, as the resume and crash tests create it.
+FIRST_DAY = {
+    "kind": "synthetic",
+    "start": "2020-01-01",
+    "periods": 24,
+    "ny": 4,
+    "nx": 6,
+    "time_chunk": 24,
+}

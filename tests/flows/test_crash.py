@@ -50,7 +50,7 @@ from flows.locks import lease_seconds, lock_holder, serialized
 from flows.sources import SyntheticSource
 from tests.conftest import plain_xarray, read_back, tip
 from tests.flows import crash_run, kill_run
-from tests.flows.test_resume import FIRST_DAY
+from tests.flows.durability_sources import FIRST_DAY
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
 

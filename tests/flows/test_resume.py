@@ -24,17 +24,9 @@ from flows.sources import SyntheticSource
 from flows.write import RunOptions
 from tests.conftest import plain_xarray, read_back, tip
 from tests.flows import kill_run
+from tests.flows.durability_sources import FIRST_DAY
 
 pytestmark = [pytest.mark.usefixtures("prefect_harness"), pytest.mark.slow]
-
-FIRST_DAY = {
-    "kind": "synthetic",
-    "start": "2020-01-01",
-    "periods": 24,
-    "ny": 4,
-    "nx": 6,
-    "time_chunk": 24,
-}
 
 
 def _created(tmp_path: Path, scheduler_address: str) -> tuple[Target, icechunk.Repository]:
