@@ -124,6 +124,10 @@ def main(
         icechunk.set_logs_filter("error")
     # The local cluster's start-up and shutdown chatter would bury the run's own log lines.
     logging.getLogger("distributed").setLevel(logging.WARNING)
+    # The temporary Prefect server a run without PREFECT_API_URL starts would try to send
+    # usage telemetry, and log an ERROR wherever there is no network; a user who wants it
+    # sets the variable.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 
 
 @app.command()

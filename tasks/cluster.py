@@ -58,7 +58,8 @@ def task_runner(address: str | None = None) -> DaskTaskRunner:
             "threads_per_worker": 1,
             # Processes: encoding and compression hold the GIL for much of a chunk write.
             "processes": True,
-            "dashboard_address": None,
+            # any free port: the default 8787 warns whenever another cluster holds it
+            "dashboard_address": ":0",
         },
     )
 

@@ -126,10 +126,24 @@ def _phase_key(phase: str) -> Any:
 
 
 def persisted(task_: Task[..., Any], resume_key: str | None) -> Task[..., Any]:
-    """``task_`` persisting its result under ``resume_key``, or persisting nothing without one."""
+    """``task_`` persisting its result under ``resume_key``, or persisting nothing without one.
+
+    Without a key the task is built anew rather than through ``with_options``, which keeps
+    the cache key function and makes Prefect warn about it on every run.
+    """
     if resume_key:
         return task_
-    return task_.with_options(persist_result=False, cache_policy=NO_CACHE)
+    return Task(
+        fn=task_.fn,
+        name=task_.name,
+        task_run_name=task_.task_run_name,
+        retries=task_.retries,
+        retry_delay_seconds=task_.retry_delay_seconds,
+        retry_jitter_factor=task_.retry_jitter_factor,
+        retry_condition_fn=task_.retry_condition_fn,
+        persist_result=False,
+        cache_policy=NO_CACHE,
+    )
 
 
 @task(name="plan", cache_policy=NO_CACHE, retries=0)
