@@ -39,6 +39,7 @@ from pydantic import BaseModel
 
 from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
+from flows.naming import artifact_key, run_name, tag_run
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import Source, SourceModel
@@ -89,7 +90,7 @@ def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
     return [Window(a, b) for a, b in itertools.pairwise(edges)]
 
 
-@flow(name="icefloe-backfill", task_runner=task_runner())
+@flow(name="icefloe-backfill", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 def backfill_flow(
     target: Target,
@@ -120,6 +121,7 @@ def backfill_flow(
     """
     logger = get_run_logger()
     ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
+    tag_run(target, group, "backfill")
     group = normalize_group(group)
     windows = windows_between(start, end, freq)
     backfill = _Backfill(target, source, group, append_dim, scheduler_address)
@@ -141,11 +143,12 @@ def backfill_flow(
         batch,
     )
     progress = create_progress_artifact(
-        progress=0.0, description=f"backfill: windows written of {len(todo)}"
+        progress=0.0,
+        description=f"backfill of {target.describe()}: {len(todo)} windows to write",
     )
     _run_windows(todo, batch, progress, backfill.write_window)
     found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
-    publish_coverage(found, f"backfill of {target.describe()}")
+    publish_coverage(found, f"backfill of {target.describe()}", target)
     return BackfillResult(
         windows=len(windows),
         windows_written=len(todo),
@@ -204,7 +207,7 @@ class _Backfill:
             scheduler_address=self.scheduler_address,
             create_repository=creates,
             window=(window.start.to_pydatetime(), window.end.to_pydatetime()),
-            publish_summary=False,
+            own_run=False,
         )
         return run_write(run, dataset)
 
@@ -263,14 +266,21 @@ class _Backfill:
         return self._write(request, window, ds)
 
 
-def publish_coverage(found: Coverage, title: str) -> None:
-    """A markdown table and a PNG strip of the coverage, as Prefect artifacts."""
-    create_markdown_artifact(markdown=f"{found.markdown()}\n\n_{title}_", key="icefloe-coverage")
+def publish_coverage(found: Coverage, title: str, target: Target) -> None:
+    """A markdown table and a PNG strip of the coverage, as Prefect artifacts keyed by the
+    archive and group, so the UI shows how coverage moved from run to run."""
+    create_markdown_artifact(
+        markdown=f"{found.markdown()}\n\n_{title}_",
+        key=artifact_key("coverage", target, found.group),
+        description=f"which labels along {found.append_dim!r} hold data: {title}",
+    )
     with tempfile.TemporaryDirectory() as tmp:
         path = Path(tmp) / "coverage.png"
         found.plot(str(path))
         # Prefect shows images by URL; a data URL keeps the PNG with the artifact itself
         data = base64.b64encode(path.read_bytes()).decode()
         create_image_artifact(
-            image_url=f"data:image/png;base64,{data}", key="icefloe-coverage-plot"
+            image_url=f"data:image/png;base64,{data}",
+            key=artifact_key("coverage-plot", target, found.group),
+            description=f"coverage along {found.append_dim!r}, gaps in red: {title}",
         )

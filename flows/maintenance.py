@@ -37,6 +37,7 @@ from pydantic import BaseModel
 from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.metadata import current_run
+from flows.naming import run_name
 from flows.refusals import refusing
 from flows.targets import Target, safe_url
 from tasks.errors import PlanError
@@ -138,7 +139,7 @@ def _expire_and_collect(
     )
 
 
-@flow(name="icefloe-maintenance")
+@flow(name="icefloe-maintenance", flow_run_name=run_name)
 @refusing
 def maintenance_flow(
     target: Target,

@@ -17,6 +17,7 @@ from prefect.logging import get_run_logger
 
 from flows.backfill import publish_coverage
 from flows.credentials import load_credentials
+from flows.naming import run_name
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import Source
@@ -45,7 +46,7 @@ def _as_naive_utc(moment: dt.datetime) -> pd.Timestamp:
     return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
 
 
-@flow(name="icefloe-scheduled-append", task_runner=task_runner())
+@flow(name="icefloe-scheduled-append", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 def scheduled_append_flow(
     target: Target,
@@ -97,5 +98,6 @@ def scheduled_append_flow(
     publish_coverage(
         coverage(repo.readonly_session(branch=target.branch), normalize_group(group), append_dim),
         f"scheduled append of {target.describe()} at {until}",
+        target,
     )
     return result

@@ -39,6 +39,7 @@ from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
+from flows.naming import artifact_key, run_name, tag_run
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import IcechunkSource, Source, SourceModel
@@ -117,7 +118,7 @@ class RunOptions(BaseModel):
     )
 
 
-@flow(name="icefloe-create", task_runner=task_runner())
+@flow(name="icefloe-create", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 def create_flow(
     target: Target,
@@ -154,7 +155,7 @@ def create_flow(
     )
 
 
-@flow(name="icefloe-modify", task_runner=task_runner())
+@flow(name="icefloe-modify", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 def modify_flow(
     target: Target,
@@ -188,7 +189,7 @@ def modify_flow(
     return run_write(WriteRun(target, source, request, dry_run, scheduler_address, options))
 
 
-@flow(name="icefloe-append", task_runner=task_runner())
+@flow(name="icefloe-append", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 def append_flow(
     target: Target,
@@ -243,7 +244,7 @@ def append_flow(
     )
 
 
-@flow(name="icefloe-region", task_runner=task_runner())
+@flow(name="icefloe-region", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 def region_flow(
     target: Target,
@@ -272,7 +273,7 @@ def region_flow(
     return run_write(WriteRun(target, source, request, dry_run, scheduler_address, options))
 
 
-@flow(name="icefloe-write", task_runner=task_runner())
+@flow(name="icefloe-write", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 def write_flow(
     target: Target,
@@ -358,7 +359,9 @@ class WriteRun:
     options: RunOptions | None = None
     create_repository: bool = False
     window: tuple[dt.datetime | None, dt.datetime | None] = (None, None)
-    publish_summary: bool = True
+    # False for a write that is one of several in its flow run (a backfill window): the
+    # run is tagged and summarised by its flow instead
+    own_run: bool = True
 
     @property
     def settings(self) -> RunOptions:
@@ -373,6 +376,8 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     """
     logger = get_run_logger()
     ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
+    if run.own_run:
+        tag_run(run.target, run.request.group, run.request.mode)
     if not run.dry_run:
         check_scheduler(_scheduler(run))
     # The source first: a source that cannot be read must not leave a new repository behind.
@@ -461,7 +466,7 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
         if not session.read_only:
             session.discard_changes()
         raise
-    if run.publish_summary:
+    if run.own_run:
         _publish_summary(plan, run, metadata, snapshot_id, lazy, time.perf_counter() - started)
     return _result(run, plan, snapshot_id=snapshot_id, skipped=False)
 
@@ -598,7 +603,13 @@ def _session(
 
 
 # Never persisted: the Dataset may hold large in-memory variables.
-@task(name="open_source", cache_policy=NO_CACHE, retries=0, persist_result=False)
+@task(
+    name="open_source",
+    task_run_name="open_source",
+    cache_policy=NO_CACHE,
+    retries=0,
+    persist_result=False,
+)
 def open_source(
     source: SourceModel,
     start: dt.datetime | None = None,
@@ -669,6 +680,7 @@ def _publish_plan(plan: WritePlan, run: WriteRun) -> None:
         markdown=f"# icefloe dry run: {plan.mode}\n\n{_where(run.target)}, nothing written.\n\n"
         f"```\n{plan}\n```\n",
         description=f"dry run plan for {_where(run.target)}",
+        key=artifact_key("plan", run.target, plan.group),
     )
 
 
@@ -699,6 +711,7 @@ def _publish_summary(
         markdown=f"# icefloe {plan.mode}\n\n| | |\n|---|---|\n{table}\n\n## Plan\n\n"
         f"```\n{plan}\n```\n",
         description=f"icefloe {plan.mode} of {_where(run.target)}",
+        key=artifact_key("summary", run.target, plan.group),
     )
     get_run_logger().info(
         "%s committed %s: %d chunks, %s in %.1f s (%s/s)",

@@ -146,13 +146,19 @@ def persisted(task_: Task[..., Any], resume_key: str | None) -> Task[..., Any]:
     )
 
 
-@task(name="plan", cache_policy=NO_CACHE, retries=0)
+@task(name="plan", task_run_name="plan", cache_policy=NO_CACHE, retries=0)
 def plan(writer: XarrayDatasetWriter) -> WritePlan:
     """Decide every step against the store; writes nothing. Every PlanError is raised here."""
     return writer.plan()
 
 
-@task(name="write_metadata", cache_key_fn=_phase_key("metadata"), persist_result=True, retries=0)
+@task(
+    name="write_metadata",
+    task_run_name="write_metadata",
+    cache_key_fn=_phase_key("metadata"),
+    persist_result=True,
+    retries=0,
+)
 def write_metadata(
     writer: XarrayDatasetWriter, workspace: Workspace, resume_key: str | None
 ) -> Workspace:
@@ -165,7 +171,13 @@ def write_metadata(
     return workspace
 
 
-@task(name="write_eager", cache_key_fn=_phase_key("eager"), persist_result=True, retries=0)
+@task(
+    name="write_eager",
+    task_run_name="write_eager",
+    cache_key_fn=_phase_key("eager"),
+    persist_result=True,
+    retries=0,
+)
 def write_eager(
     writer: XarrayDatasetWriter, workspace: Workspace, resume_key: str | None
 ) -> Workspace:
@@ -174,7 +186,7 @@ def write_eager(
     return workspace
 
 
-@task(name="verify", cache_policy=NO_CACHE, retries=0)
+@task(name="verify", task_run_name="verify", cache_policy=NO_CACHE, retries=0)
 def verify(writer: XarrayDatasetWriter, workspace: Workspace) -> None:
     """Check the workspace against the plan before the expensive write; raises VerificationError.
 
@@ -199,7 +211,7 @@ class LazyWriteStats:
 
 @task(
     name="write_lazy",
-    task_run_name="write_lazy-batch-{batch.index}",
+    task_run_name="write_lazy {batch.index}",
     cache_key_fn=lambda context, parameters: (
         f"{parameters['resume_key']}/batch-{parameters['batch'].index}"
         f"-{parameters['batch'].start}-{parameters['batch'].stop}"
@@ -257,10 +269,11 @@ def write_lazy(
         logger.info("write_lazy: %d batches on %s", len(todo), where)
         batch_progress = _BatchProgress(len(todo))
         with _ProgressReporter(count, logger, report_every), counting_scheduler(client, count):
-            for batch in todo:
+            for number, batch in enumerate(todo, start=1):
+                named = batch_task.with_options(task_run_name=f"write_lazy {number}/{len(todo)}")
                 state = cast(
                     "State[icechunk.session.ForkSession]",
-                    batch_task(workspace, batch, resume_key, return_state=True),
+                    named(workspace, batch, resume_key, return_state=True),
                 )
                 resumed += state.name == "Cached"
                 forks.append(state.result())
@@ -371,6 +384,7 @@ class _ProgressReporter:
 
 @task(
     name="commit",
+    task_run_name="commit",
     cache_policy=NO_CACHE,
     retries=2,
     retry_delay_seconds=_RETRY_DELAYS,
