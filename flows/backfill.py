@@ -40,6 +40,7 @@ from pydantic import BaseModel
 from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.naming import artifact_key, run_name, tag_run
+from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import Source, SourceModel
@@ -92,6 +93,12 @@ def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
 
 @flow(name="icefloe-backfill", flow_run_name=run_name, task_runner=task_runner())
 @refusing
+@described(
+    start="The first time to fill.",
+    end="The time to fill up to (not included).",
+    freq='The length of one window, as a pandas frequency: "1D", "6h", "MS".',
+    batch="How many windows are written at the same time.",
+)
 def backfill_flow(
     target: Target,
     source: Source,
@@ -104,21 +111,7 @@ def backfill_flow(
     scheduler_address: str | None = None,
 ) -> BackfillResult:
     """Fill [start, end) along ``append_dim`` from the source, window by window; windows
-    that already hold data are left alone, so a re-run fills only what is missing.
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
-        start: The first time to fill.
-        end: The time to fill up to (not included).
-        freq: The length of one window, as a pandas frequency: "1D", "6h", "MS".
-        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
-        append_dim: The dimension the windows cut, e.g. "time".
-        batch: How many windows are written at the same time.
-        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
-            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
-    """
+    that already hold data are left alone, so a re-run fills only what is missing."""
     logger = get_run_logger()
     ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     tag_run(target, group, "backfill")

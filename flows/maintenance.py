@@ -38,6 +38,7 @@ from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.metadata import current_run
 from flows.naming import run_name
+from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.targets import Target, safe_url
 from tasks.errors import PlanError
@@ -141,6 +142,11 @@ def _expire_and_collect(
 
 @flow(name="icefloe-maintenance", flow_run_name=run_name)
 @refusing
+@described(
+    older_than="Expire snapshots older than this time, or this age (e.g. 7 days).",
+    margin="How much older than the oldest open icefloe run the cutoff must be.",
+    dry_run="Only count what would be collected; delete nothing.",
+)
 def maintenance_flow(
     target: Target,
     older_than: dt.datetime | dt.timedelta = dt.timedelta(days=7),
@@ -151,15 +157,7 @@ def maintenance_flow(
     branch or tag reaches any more; ``dry_run`` only counts what would be collected.
 
     Refuses (PlanError) a cutoff younger than the oldest open icefloe run minus ``margin``.
-    A dry run does not expire snapshots, so it counts only what is unreachable already.
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        older_than: Expire snapshots older than this time, or this age (e.g. 7 days).
-        margin: How much older than the oldest open icefloe run the cutoff must be.
-        dry_run: Only count what would be collected; delete nothing.
-    """
+    A dry run does not expire snapshots, so it counts only what is unreachable already."""
     logger = get_run_logger()
     ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     if margin < dt.timedelta(0):

@@ -18,6 +18,7 @@ from prefect.logging import get_run_logger
 from flows.backfill import publish_coverage
 from flows.credentials import load_credentials
 from flows.naming import run_name
+from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import Source
@@ -48,6 +49,9 @@ def _as_naive_utc(moment: dt.datetime) -> pd.Timestamp:
 
 @flow(name="icefloe-scheduled-append", flow_run_name=run_name, task_runner=task_runner())
 @refusing
+@described(
+    scheduled_time="Append up to this time; empty for the run's scheduled start.",
+)
 def scheduled_append_flow(
     target: Target,
     source: Source,
@@ -57,18 +61,7 @@ def scheduled_append_flow(
     scheduler_address: str | None = None,
 ) -> WriteResult:
     """Append the source's labels after the last stored one up to the scheduled time,
-    catching up runs that were missed; a run with nothing new makes no commit.
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
-        append_dim: The dimension to extend, e.g. "time".
-        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
-        scheduled_time: Append up to this time; empty for the run's scheduled start.
-        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
-            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
-    """
+    catching up runs that were missed; a run with nothing new makes no commit."""
     from prefect.runtime import flow_run
 
     logger = get_run_logger()

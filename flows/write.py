@@ -40,6 +40,7 @@ from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.naming import artifact_key, run_name, tag_run
+from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import IcechunkSource, Source, SourceModel
@@ -120,6 +121,12 @@ class RunOptions(BaseModel):
 
 @flow(name="icefloe-create", flow_run_name=run_name, task_runner=task_runner())
 @refusing
+@described(
+    overwrite=(
+        "Replace the group if it exists (variables not in the source are deleted); "
+        "otherwise an existing group is an error."
+    ),
+)
 def create_flow(
     target: Target,
     source: Source,
@@ -130,22 +137,7 @@ def create_flow(
     scheduler_address: str | None = None,
     options: RunOptions | None = None,
 ) -> WriteResult:
-    """Create the group from the source (creating the repository if needed).
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
-        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
-        overwrite: Replace the group if it exists (variables not in the source are
-            deleted); otherwise an existing group is an error.
-        encoding: Per-variable encoding of arrays the run creates, as xarray takes it,
-            e.g. {"t2m": {"chunks": [24, 180, 360], "dtype": "float32"}}.
-        dry_run: Only plan: log what each phase would write, and write nothing.
-        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
-            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
-        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
-    """
+    """Create the group from the source (creating the repository if needed)."""
     mode: WriteMode = "overwrite" if overwrite else "create"
     request = WriteRequest(mode=mode, group=group, encoding=encoding)
     return run_write(
@@ -157,6 +149,9 @@ def create_flow(
 
 @flow(name="icefloe-modify", flow_run_name=run_name, task_runner=task_runner())
 @refusing
+@described(
+    only_new_vars="Write only the variables the group does not have yet.",
+)
 def modify_flow(
     target: Target,
     source: Source,
@@ -168,21 +163,7 @@ def modify_flow(
     options: RunOptions | None = None,
 ) -> WriteResult:
     """Add the source's variables to the group and overwrite the ones it has; attributes
-    are merged.
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
-        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
-        only_new_vars: Write only the variables the group does not have yet.
-        encoding: Per-variable encoding of arrays the run creates, as xarray takes it,
-            e.g. {"t2m": {"chunks": [24, 180, 360], "dtype": "float32"}}.
-        dry_run: Only plan: log what each phase would write, and write nothing.
-        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
-            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
-        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
-    """
+    are merged."""
     request = WriteRequest(
         mode="modify", group=group, encoding=encoding, only_new_vars=only_new_vars
     )
@@ -191,6 +172,15 @@ def modify_flow(
 
 @flow(name="icefloe-append", flow_run_name=run_name, task_runner=task_runner())
 @refusing
+@described(
+    window_start="Cut the source to labels at or after this time.",
+    window_end="Cut the source to labels before this time.",
+    create_missing=(
+        "Create the repository and the group from the source when they do not exist yet "
+        "(a scheduled append's first run); otherwise their absence is an error, so that a"
+        " mistyped target never starts a second archive."
+    ),
+)
 def append_flow(
     target: Target,
     source: Source,
@@ -208,27 +198,7 @@ def append_flow(
 
     A missing repository or group is an error (a mistyped target must not start a second
     archive) unless ``create_missing``, which the scheduled deployment sets so that its
-    first run creates them from the source.
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
-        append_dim: The dimension to extend, e.g. "time".
-        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
-        on_overlap: What to do with labels the group already holds: "error" refuses the
-            run, "skip" writes only new labels (re-runs are no-ops), "overwrite" rewrites
-            them and appends the rest.
-        dry_run: Only plan: log what each phase would write, and write nothing.
-        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
-            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
-        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
-        window_start: Cut the source to labels at or after this time.
-        window_end: Cut the source to labels before this time.
-        create_missing: Create the repository and the group from the source when they do
-            not exist yet (a scheduled append's first run); otherwise their absence is an
-            error, so that a mistyped target never starts a second archive.
-    """
+    first run creates them from the source."""
     request = WriteRequest(mode="append", group=group, append_dim=append_dim, on_overlap=on_overlap)
     return run_write(
         WriteRun(
@@ -246,6 +216,12 @@ def append_flow(
 
 @flow(name="icefloe-region", flow_run_name=run_name, task_runner=task_runner())
 @refusing
+@described(
+    region=(
+        '"auto" places the source by its labels; or per dimension [start, stop) indexes, '
+        'e.g. {"time": [24, 48]}, or "auto" for that dimension.'
+    ),
+)
 def region_flow(
     target: Target,
     source: Source,
@@ -255,26 +231,22 @@ def region_flow(
     scheduler_address: str | None = None,
     options: RunOptions | None = None,
 ) -> WriteResult:
-    """Overwrite a region of the group's existing arrays with the source's values.
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
-        region: "auto" places the source by its labels; or per dimension [start, stop)
-            indexes, e.g. {"time": [24, 48]}, or "auto" for that dimension.
-        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
-        dry_run: Only plan: log what each phase would write, and write nothing.
-        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
-            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
-        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
-    """
+    """Overwrite a region of the group's existing arrays with the source's values."""
     request = WriteRequest(mode="region", group=group, region=as_region_spec(region))
     return run_write(WriteRun(target, source, request, dry_run, scheduler_address, options))
 
 
 @flow(name="icefloe-write", flow_run_name=run_name, task_runner=task_runner())
 @refusing
+@described(
+    mode=(
+        "create (the group must not exist), overwrite (replace it), modify (add or "
+        "overwrite variables), append (extend along append_dim) or region (rewrite a part"
+        " of existing arrays)."
+    ),
+    region='region only: "auto" (placed by labels) or per dimension [start, stop).',
+    only_new_vars="modify only: write just the variables the group lacks.",
+)
 def write_flow(
     target: Target,
     source: Source,
@@ -291,27 +263,7 @@ def write_flow(
 ) -> WriteResult:
     """Any write, chosen by ``mode``, with its options: the form behind ad-hoc UI runs.
 
-    The form shows every mode's options at once; those of other modes are ignored.
-
-    Args:
-        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
-            branch, and non-secret storage options.
-        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
-        mode: create (the group must not exist), overwrite (replace it), modify (add or
-            overwrite variables), append (extend along append_dim) or region (rewrite a
-            part of existing arrays).
-        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
-        append_dim: append only: the dimension to extend.
-        on_overlap: append only: "error", "skip" (only new labels) or "overwrite" (upsert).
-        region: region only: "auto" (placed by labels) or per dimension [start, stop).
-        only_new_vars: modify only: write just the variables the group lacks.
-        encoding: Per-variable encoding of arrays the run creates, as xarray takes it,
-            e.g. {"t2m": {"chunks": [24, 180, 360], "dtype": "float32"}}.
-        dry_run: Only plan: log what each phase would write, and write nothing.
-        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
-            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
-        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
-    """
+    The form shows every mode's options at once; those of other modes are ignored."""
     request = WriteRequest(
         mode=mode,
         group=group,
