@@ -6,23 +6,27 @@
     maintenance       weekly: expire old snapshots and collect garbage
 
 Parameters are enforced against the flows' schemas, so a wrong value from the UI or
-the API is refused before a run starts.
+the API is refused before a run starts. Runs send heartbeats every 30 s, and an
+automation marks a run whose heartbeats stopped Crashed (deployments/zombies.py).
 """
 
 from __future__ import annotations
 
 import datetime as dt
+import os
 from typing import Any
 
 from prefect import serve
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
+from deployments.zombies import ensure_zombie_automation, heartbeat_environment
 from flows.backfill import backfill_flow
 from flows.maintenance import maintenance_flow
-from flows.scheduled import scheduled_append_flow, write_flow
+from flows.scheduled import scheduled_append_flow
 from flows.sources import SourceModel
 from flows.targets import Target
+from flows.write import write_flow
 
 BACKFILL_EVENT = "icefloe.backfill.requested"
 WEEKLY = "0 3 * * 0"  # Sundays 03:00 UTC, when most archives are quiet
@@ -82,4 +86,8 @@ def build_deployments(
 
 def serve_deployments(**kwargs: Any) -> None:
     """Serve the deployments until interrupted."""
-    serve(*build_deployments(**kwargs))
+    deployments = build_deployments(**kwargs)
+    # The runs are this process's children and inherit its environment.
+    os.environ.update(heartbeat_environment())
+    ensure_zombie_automation()
+    serve(*deployments)

@@ -3,10 +3,17 @@
 from flows.backfill import backfill_flow
 from flows.maintenance import maintenance_flow
 from flows.results import WriteResult
-from flows.scheduled import scheduled_append_flow, write_flow
+from flows.scheduled import scheduled_append_flow
 from flows.sources import Source
 from flows.targets import Target
-from flows.write import RunOptions, append_flow, create_flow, modify_flow, region_flow
+from flows.write import (
+    RunOptions,
+    append_flow,
+    create_flow,
+    modify_flow,
+    region_flow,
+    write_flow,
+)
 
 __all__ = [
     "RunOptions",

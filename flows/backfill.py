@@ -12,41 +12,41 @@ with appends (a window whose arrays were resized meanwhile starts over).
 
 from __future__ import annotations
 
+import base64
 import concurrent.futures
 import contextvars
 import datetime as dt
 import itertools
-import random
 import tempfile
-import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from uuid import UUID
 
 import icechunk
 import pandas as pd
 import xarray as xr
-from prefect import flow, task
+from prefect import flow
 from prefect.artifacts import (
     create_image_artifact,
     create_markdown_artifact,
     create_progress_artifact,
     update_progress_artifact,
 )
-from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
-from flows.locks import serialized
+from flows.lifeline import ensure_lifeline
+from flows.refusals import refusing
+from flows.results import WriteResult
 from flows.runner import task_runner
 from flows.sources import Source, SourceModel
-from flows.targets import Target
-from flows.write import load_credentials, open_source
-from tasks.commit import commit_lock, commit_session
+from flows.targets import Target, TargetNotFoundError
+from flows.write import WriteRun, load_credentials, open_source, run_write
 from tasks.coverage import Coverage, coverage
-from tasks.errors import CommitConflictError, PlanError
-from tasks.phases import dask_client, retry_transient
-from tasks.progress import TaskCount, counting_scheduler
+from tasks.errors import PlanError, RequestError
+from tasks.request import WriteRequest
 from tasks.stored import StoredGroup, normalize_group
 from tasks.writer import XarrayDatasetWriter
 
@@ -78,11 +78,18 @@ def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
     first, last = pd.Timestamp(start), pd.Timestamp(end)
     if last <= first:
         raise PlanError(f"backfill end {last} is not after its start {first}; swap or fix them")
-    edges = [*list(pd.date_range(first, last, freq=freq, inclusive="left")), last]
+    try:
+        starts = pd.date_range(first, last, freq=freq, inclusive="left")
+    except ValueError as err:
+        raise RequestError(
+            f"freq {freq!r} is not a pandas frequency ({err}); use e.g. '1D', '6h' or '1MS'"
+        ) from None
+    edges = [*list(starts), last]
     return [Window(a, b) for a, b in itertools.pairwise(edges)]
 
 
 @flow(name="icefloe-backfill", task_runner=task_runner())
+@refusing
 def backfill_flow(
     target: Target,
     source: Source,
@@ -94,35 +101,48 @@ def backfill_flow(
     batch: int = 2,
     scheduler_address: str | None = None,
 ) -> BackfillResult:
-    """Fill [start, end) along ``append_dim`` from the source, ``freq`` per window and
-    ``batch`` windows at a time; windows that already hold data are left alone."""
+    """Fill [start, end) along ``append_dim`` from the source, window by window; windows
+    that already hold data are left alone, so a re-run fills only what is missing.
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
+        start: The first time to fill.
+        end: The time to fill up to (not included).
+        freq: The length of one window, as a pandas frequency: "1D", "6h", "MS".
+        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
+        append_dim: The dimension the windows cut, e.g. "time".
+        batch: How many windows are written at the same time.
+        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
+            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
+    """
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     group = normalize_group(group)
     windows = windows_between(start, end, freq)
-    repo = target.open_repository(create=True, credentials=load_credentials(target))
-    with dask_client(scheduler_address) as client:
-        with serialized(target, group), counting_scheduler(client, TaskCount()):
-            extend_to(repo, target, source, group, append_dim, windows)
-        found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
-        todo = [w for w in windows if found.missing_between(w.start, w.end)]
-        logger.info(
-            "backfill %s → %s: %d windows, %d hold data already, %d to write, %d at a time",
-            windows[0].start,
-            windows[-1].end,
-            len(windows),
-            len(windows) - len(todo),
-            len(todo),
-            batch,
-        )
-        progress = create_progress_artifact(
-            progress=0.0, description=f"backfill: windows written of {len(todo)}"
-        )
-        _run_windows(
-            todo,
-            batch,
-            progress,
-            lambda w: backfill_window(repo, target, source, group, append_dim, w, client),
-        )
+    backfill = _Backfill(target, source, group, append_dim, scheduler_address)
+    repo = backfill.open_or_create(windows)
+    # before a cluster is started for it: a wrong dimension is refused at once
+    _check_dimension(
+        StoredGroup(repo.readonly_session(branch=target.branch).store, group), group, append_dim
+    )
+    backfill.extend_to(repo, windows)
+    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+    todo = [w for w in windows if found.missing_between(w.start, w.end)]
+    logger.info(
+        "backfill %s → %s: %d windows, %d hold data already, %d to write, %d at a time",
+        windows[0].start,
+        windows[-1].end,
+        len(windows),
+        len(windows) - len(todo),
+        len(todo),
+        batch,
+    )
+    progress = create_progress_artifact(
+        progress=0.0, description=f"backfill: windows written of {len(todo)}"
+    )
+    _run_windows(todo, batch, progress, backfill.write_window)
     found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
     publish_coverage(found, f"backfill of {target.describe()}")
     return BackfillResult(
@@ -135,13 +155,25 @@ def backfill_flow(
     )
 
 
-def _run_windows(todo: list[Window], batch: int, progress: Any, run: Any) -> None:
+def _check_dimension(stored: StoredGroup, group: str | None, append_dim: str) -> None:
+    if not stored.is_empty and append_dim not in stored.indexes:
+        raise PlanError(
+            f"it has no dimension {append_dim!r} to fill (its dimensions: "
+            f"{sorted(str(d) for d in stored.sizes)}); pass one of them as --append-dim "
+            "(append_dim=)",
+            group=group,
+        )
+
+
+def _run_windows(
+    todo: list[Window], batch: int, progress: UUID, write: Callable[[Window], WriteResult]
+) -> None:
     logger = get_run_logger()
     done = 0
     with concurrent.futures.ThreadPoolExecutor(max(1, batch)) as pool:
         # each thread carries the flow's context, so its task runs belong to this flow run
         futures = {
-            pool.submit(contextvars.copy_context().run, run, window): window for window in todo
+            pool.submit(contextvars.copy_context().run, write, window): window for window in todo
         }
         for future in concurrent.futures.as_completed(futures):
             future.result()
@@ -150,99 +182,84 @@ def _run_windows(todo: list[Window], batch: int, progress: Any, run: Any) -> Non
             logger.info("backfill: %d of %d windows written (%s)", done, len(todo), futures[future])
 
 
-def extend_to(
-    repo: icechunk.Repository,
-    target: Target,
-    source: SourceModel,
-    group: str | None,
-    append_dim: str,
-    windows: list[Window],
-) -> None:
-    """Create the group from the first window if it is missing, then grow its arrays to
-    the last window's end with labels only (values stay missing until their window runs)."""
-    session = repo.writable_session(target.branch)
-    stored = StoredGroup(session.store, group)
-    first = windows[0]
-    if stored.is_empty:
-        initial = open_source(source, first.start, first.end)
-        _commit_write(
-            repo,
-            session,
-            initial,
-            lambda w: w.for_append(group, append_dim=append_dim),
-            f"icefloe: backfill created the group from {first}",
+@dataclass(frozen=True)
+class _Backfill:
+    """The writes of one backfill; each is an ordinary flow write (flows.write), so it
+    plans, resumes, commits and records its commit like any other."""
+
+    target: Target
+    source: SourceModel
+    group: str | None
+    append_dim: str
+    scheduler_address: str | None
+
+    def _write(
+        self, request: WriteRequest, window: Window, dataset: xr.Dataset, *, creates: bool = False
+    ) -> WriteResult:
+        run = WriteRun(
+            self.target,
+            self.source,
+            request,
+            scheduler_address=self.scheduler_address,
+            create_repository=creates,
+            window=(window.start.to_pydatetime(), window.end.to_pydatetime()),
+            publish_summary=False,
         )
-        session = repo.writable_session(target.branch)
-        stored = StoredGroup(session.store, group)
-    last = stored.indexes[append_dim][-1]
-    beyond = open_source(source, last, windows[-1].end)
-    labels = beyond.indexes[append_dim]
-    labels = labels[labels > last]
-    if not len(labels):
-        return
-    extension = xr.Dataset(coords={append_dim: beyond[append_dim].sel({append_dim: labels})})
-    _commit_write(
-        repo,
-        session,
-        extension,
-        lambda w: w.for_append(group, append_dim=append_dim, fill_missing=True),
-        f"icefloe: backfill extended {append_dim} to {labels[-1]}",
-    )
-    get_run_logger().info(
-        "backfill: extended %r by %d labels to %s", append_dim, len(labels), labels[-1]
-    )
+        return run_write(run, dataset)
 
+    def _first_window(self, windows: list[Window]) -> tuple[WriteRequest, Window, xr.Dataset]:
+        first = windows[0]
+        request = WriteRequest(mode="append", group=self.group, append_dim=self.append_dim)
+        return request, first, open_source(self.source, first.start, first.end, self.append_dim)
 
-def _commit_write(
-    repo: icechunk.Repository, session: icechunk.Session, ds: xr.Dataset, choose: Any, message: str
-) -> str:
-    plan = choose(XarrayDatasetWriter(ds, store=session.store)).write()
-    with commit_lock(repo):
-        return commit_session(
-            session, message, {"icefloe": {"mode": plan.mode, "message": message}}
-        )
-
-
-@task(
-    name="backfill_window",
-    task_run_name="backfill-{window}",
-    cache_policy=NO_CACHE,
-    retries=2,
-    retry_delay_seconds=[2, 10],
-    retry_condition_fn=retry_transient,
-)
-def backfill_window(
-    repo: icechunk.Repository,
-    target: Target,
-    source: SourceModel,
-    group: str | None,
-    append_dim: str,
-    window: Window,
-    client: Any,
-    attempts: int = 4,
-) -> str | None:
-    """One window as a region write; starts over when an append resized the arrays."""
-    ds = open_source(source, window.start, window.end)
-    # variables without the append dimension (a grid mapping, static fields) are the
-    # group's already; a region write may only hold what lies in the region
-    ds = ds.drop_vars([n for n, v in ds.data_vars.items() if append_dim not in v.dims])
-    for attempt in range(1, attempts + 1):
-        session = repo.writable_session(target.branch)
+    def open_or_create(self, windows: list[Window]) -> icechunk.Repository:
+        """The repository; a missing one is created (a backfill may start an archive), but
+        only after the group's creation from the first window was planned in memory, so
+        that a refused backfill leaves nothing behind."""
+        credentials = load_credentials(self.target)
         try:
-            # this thread's dask work goes to the flow's cluster (threads if none)
-            with counting_scheduler(client, TaskCount()):
-                return _commit_write(
-                    repo,
-                    session,
-                    ds,
-                    lambda w: w.for_region(group, region={append_dim: "auto"}),
-                    f"icefloe: backfill {append_dim} {window}",
-                )
-        except CommitConflictError as err:
-            if err.overlapping or attempt == attempts:
-                raise
-            time.sleep(random.uniform(0.1, 0.5) * attempt)
-    return None
+            return self.target.open_repository(credentials=credentials)
+        except TargetNotFoundError:
+            pass
+        request, _, initial = self._first_window(windows)
+        scratch = icechunk.Repository.create(icechunk.in_memory_storage()).writable_session("main")
+        XarrayDatasetWriter(initial, store=scratch.store).for_request(request).plan()
+        return self.target.open_repository(create=True, credentials=credentials)
+
+    def extend_to(self, repo: icechunk.Repository, windows: list[Window]) -> None:
+        """Create the group from the first window if it is missing, then grow its arrays to
+        the last window's end with labels only (values stay missing until their window runs)."""
+        stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
+        if stored.is_empty:
+            self._write(*self._first_window(windows), creates=True)
+            stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
+        _check_dimension(stored, self.group, self.append_dim)
+        last = stored.indexes[self.append_dim][-1]
+        beyond = open_source(self.source, last, windows[-1].end, self.append_dim)
+        labels = beyond.indexes[self.append_dim]
+        labels = labels[labels > last]
+        if not len(labels):
+            return
+        axis = beyond[self.append_dim].sel({self.append_dim: labels})
+        self._write(
+            WriteRequest(
+                mode="append", group=self.group, append_dim=self.append_dim, fill_missing=True
+            ),
+            Window(pd.Timestamp(last), windows[-1].end),
+            xr.Dataset(coords={self.append_dim: axis}),
+        )
+        get_run_logger().info(
+            "backfill: extended %r by %d labels to %s", self.append_dim, len(labels), labels[-1]
+        )
+
+    def write_window(self, window: Window) -> WriteResult:
+        """One window as a region write (started over when an append resized the arrays)."""
+        ds = open_source(self.source, window.start, window.end, self.append_dim)
+        # variables without the append dimension (a grid mapping, static fields) are the
+        # group's already; a region write may only hold what lies in the region
+        ds = ds.drop_vars([n for n, v in ds.data_vars.items() if self.append_dim not in v.dims])
+        request = WriteRequest(mode="region", group=self.group, region={self.append_dim: "auto"})
+        return self._write(request, window, ds)
 
 
 def publish_coverage(found: Coverage, title: str) -> None:
@@ -252,8 +269,6 @@ def publish_coverage(found: Coverage, title: str) -> None:
         path = Path(tmp) / "coverage.png"
         found.plot(str(path))
         # Prefect shows images by URL; a data URL keeps the PNG with the artifact itself
-        import base64
-
         data = base64.b64encode(path.read_bytes()).decode()
         create_image_artifact(
             image_url=f"data:image/png;base64,{data}", key="icefloe-coverage-plot"

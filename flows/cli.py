@@ -8,15 +8,21 @@ from __future__ import annotations
 
 import json
 import logging
+import os
+import textwrap
+import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Annotated, Any
 
+import icechunk
 import typer
 from prefect import Flow
+from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
@@ -25,18 +31,27 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
-from rich.table import Table
 
 from flows.backfill import backfill_flow, windows_between
+from flows.options import loads_json, validate, validation_message
+from flows.refusals import quiet_console
 from flows.results import WriteResult
 from flows.runner import on_scheduler
 from flows.sources import SourceModel, SyntheticSource, parse_source
 from flows.targets import Target
-from flows.write import append_flow, create_flow, modify_flow, region_flow
+from flows.write import (
+    Encoding,
+    RegionParameter,
+    append_flow,
+    create_flow,
+    modify_flow,
+    region_flow,
+)
 from tasks.coverage import coverage
-from tasks.errors import IcefloeError
+from tasks.errors import GroupNotFoundError, IcefloeError, PlanError, RequestError, is_refusal
 from tasks.plan import human_bytes
 from tasks.progress import watch_progress
+from tasks.stored import StoredGroup, normalize_group
 
 app = typer.Typer(
     name="icefloe",
@@ -47,8 +62,19 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
-# Errors whose message says what to change; anything else keeps its traceback.
+# Errors whose message says what to change, printed as one line; anything else (and
+# icefloe's own non-refusals, such as VerificationError) keeps its traceback.
 _USER_ERRORS = (IcefloeError, ValueError, OSError, ImportError)
+# Set by --verbose: refusals show their traceback too.
+_verbose = False
+
+TARGET_EXAMPLE = (
+    '{"repo": "s3://bucket/weather.icechunk", "storage_options": {"region": "eu-west-1"}}'
+)
+ENCODING_EXAMPLE = '{"air_temperature": {"chunks": [24, 3, 4], "dtype": "float32"}}'
+REGION_EXAMPLE = '{"time": [24, 48]}'
+_ENCODING = TypeAdapter(Encoding)
+_REGION = TypeAdapter(RegionParameter)
 
 DEMO_DIR = "icefloe-demo"
 
@@ -80,8 +106,22 @@ SchedulerOption = Annotated[
 
 
 @app.callback()
-def main() -> None:
+def main(
+    verbose: Annotated[
+        bool,
+        typer.Option(
+            "--verbose", "-v", help="Show the traceback of refused requests too, for reports."
+        ),
+    ] = False,
+) -> None:
     """Write xarray datasets into Icechunk repositories as Prefect flows."""
+    global _verbose
+    _verbose = verbose
+    if not verbose and "ICECHUNK_LOG" not in os.environ:
+        # icechunk's advisories (local storage and concurrent committers, conditional PUTs)
+        # went to stderr on every command, ahead of the one line that matters; they are
+        # for library users, and --verbose (or ICECHUNK_LOG) shows them.
+        icechunk.set_logs_filter("error")
     # The local cluster's start-up and shutdown chatter would bury the run's own log lines.
     logging.getLogger("distributed").setLevel(logging.WARNING)
 
@@ -111,7 +151,7 @@ def create(
         scheduler_address,
         group=group,
         overwrite=overwrite,
-        encoding=_json_option("--encoding", encoding),
+        encoding=lambda: _encoding_option(encoding),
     )
 
 
@@ -183,9 +223,15 @@ def region(
     scheduler_address: SchedulerOption = None,
 ) -> None:
     """Overwrite a region of existing arrays with the source's values."""
-    spec = "auto" if region.strip() == "auto" else _json_option("--region", region)
     _write(
-        region_flow, target, branch, source, dry_run, scheduler_address, group=group, region=spec
+        region_flow,
+        target,
+        branch,
+        source,
+        dry_run,
+        scheduler_address,
+        group=group,
+        region=lambda: _region_option(region),
     )
 
 
@@ -195,17 +241,20 @@ def log(
     branch: BranchOption = "main",
     limit: Annotated[int, typer.Option(help="Show at most this many commits.")] = 20,
 ) -> None:
-    """Show the commits of a branch with what icefloe wrote in each."""
+    """Show the commits of a branch with what icefloe wrote in each, newest first."""
     with _user_errors():
         repo = _target(target, branch).open_repository()
-        table = Table(title=f"{branch} of {target}", show_lines=False)
-        for column in ("snapshot", "written", "mode", "group", "variables", "labels", "message"):
-            table.add_column(column, overflow="fold")
+        snapshots = []
         for i, snapshot in enumerate(repo.ancestry(branch=branch)):
             if i >= limit:
                 break
-            table.add_row(*_log_row(snapshot))
-    console.print(table)
+            snapshots.append(snapshot)
+    # One block per commit, like `git log`: a table of seven columns broke ids, dates and
+    # variable names mid-word in an 80-column terminal.
+    width = max(40, console.width)
+    for snapshot in snapshots:
+        console.print("\n".join(_log_block(snapshot, width)), markup=False, highlight=False)
+        console.print()
 
 
 @app.command()
@@ -251,8 +300,10 @@ def backfill(
     """Fill [start, end) window by window; windows that hold data already are skipped."""
     with _user_errors():
         parsed_target = _target(target, branch)
+        parsed_source = parse_source(source, name="--source")
+        # Checked here too, so that dates in the wrong order start no flow run at all.
+        windows = windows_between(start, end, freq)
         if dry_run:
-            windows = windows_between(start, end, freq)
             try:
                 found = coverage(
                     parsed_target.open_repository().readonly_session(branch=branch),
@@ -267,10 +318,10 @@ def backfill(
                 console.print(f"  {window}")
             return
         runnable = on_scheduler(backfill_flow, scheduler_address)
-        with _progress_bar():
+        with _progress_bar(), quiet_console():
             result = runnable(
                 target=parsed_target,
-                source=parse_source(source),
+                source=parsed_source,
                 start=start,
                 end=end,
                 freq=freq,
@@ -296,8 +347,11 @@ def coverage_command(
 ) -> None:
     """Show which labels along the append dimension hold data, gaps marked."""
     with _user_errors():
-        repo = _target(target, branch).open_repository()
-        found = coverage(repo.readonly_session(branch=branch), group, append_dim)
+        parsed = _target(target, branch)
+        session = parsed.open_repository().readonly_session(branch=branch)
+        _require_group(session, group, parsed)
+        _require_dimension(session, group, append_dim)
+        found = coverage(session, normalize_group(group), append_dim)
         if png is not None:
             found.plot(str(png))
     console.print(str(found), highlight=False)
@@ -324,7 +378,7 @@ def serve(
             raise ValueError("give exactly one of --interval SECONDS or --cron EXPR")
         serve_deployments(
             target=_target(target, branch),
-            source=parse_source(source),
+            source=parse_source(source, name="--source"),
             group=group,
             append_dim=append_dim,
             interval=interval,
@@ -347,9 +401,11 @@ def _write(
 ) -> WriteResult:
     with _user_errors():
         parsed_target = _target(target, branch)
-        parsed_source: SourceModel = parse_source(source)
+        parsed_source: SourceModel = parse_source(source, name="--source")
+        # Options are parsed (and refused) after --target and --source, in the order given.
+        options = {k: v() if callable(v) else v for k, v in options.items()}
         runnable = on_scheduler(flow, scheduler_address)
-        with _progress_bar():
+        with _progress_bar(), quiet_console():
             result: WriteResult = runnable(
                 target=parsed_target,
                 source=parsed_source,
@@ -362,28 +418,77 @@ def _write(
 
 
 def _target(text: str, branch: str) -> Target:
-    if text.lstrip().startswith("{"):
-        return Target.model_validate_json(text)
-    return Target(repo=text, branch=branch)
+    try:
+        if text.lstrip().startswith("{"):
+            value = loads_json("--target", text, TARGET_EXAMPLE)
+            return validate("--target", TypeAdapter(Target), value, TARGET_EXAMPLE)
+        return Target(repo=text, branch=branch)
+    except ValidationError as err:
+        raise RequestError(validation_message("--target", err, "./archive")) from None
 
 
-def _json_option(name: str, text: str | None) -> Any:
+def _encoding_option(text: str | None) -> Encoding | None:
     if text is None:
         return None
-    try:
-        return json.loads(text)
-    except json.JSONDecodeError as err:
-        errors.print(f"[red]error:[/red] {name} is not valid JSON ({err})", highlight=False)
-        raise typer.Exit(2) from err
+    value = loads_json("--encoding", text, ENCODING_EXAMPLE)
+    encoding: Encoding = validate("--encoding", _ENCODING, value, ENCODING_EXAMPLE)
+    return encoding
+
+
+def _region_option(text: str) -> RegionParameter:
+    if text.strip() == "auto":
+        return "auto"
+    value = loads_json("--region", text, REGION_EXAMPLE)
+    for dim, bounds in value.items():
+        # Checked by hand: pydantic's answer for a union is one line per member it tried.
+        pair = isinstance(bounds, list) and len(bounds) == 2
+        if bounds != "auto" and not (pair and all(type(b) is int for b in bounds)):
+            raise RequestError(
+                f'--region is not valid: {dim!r} must be [start, stop] (two integers) or "auto", '
+                f"not {json.dumps(bounds)}; e.g. --region '{REGION_EXAMPLE}'"
+            )
+    region: RegionParameter = validate("--region", _REGION, value, REGION_EXAMPLE)
+    return region
+
+
+def _require_group(session: Any, group: str | None, target: Target) -> None:
+    """For commands that only read: a missing group is named, not a zarr KeyError."""
+    normalized = normalize_group(group)
+    if normalized is not None and not StoredGroup(session.store, normalized).exists:
+        raise GroupNotFoundError(
+            f"there is no group {normalized!r} in {target.repo} (branch {target.branch}); "
+            "check --group for a typo",
+            group=normalized,
+        )
+
+
+def _require_dimension(session: Any, group: str | None, dim: str) -> None:
+    stored = StoredGroup(session.store, normalize_group(group))
+    if not stored.is_empty and dim not in stored.indexes:
+        raise PlanError(
+            f"it has no dimension {dim!r} (its dimensions: "
+            f"{sorted(str(d) for d in stored.sizes)}); pass one of them as --append-dim",
+            group=normalize_group(group),
+        )
 
 
 @contextmanager
 def _user_errors() -> Iterator[None]:
+    """Requests icefloe refuses end as one line on stderr (exit 2 for a malformed option, 1
+    otherwise); with --verbose their traceback comes first. Other errors propagate with
+    their traceback: they are bugs to report."""
     try:
         yield
     except _USER_ERRORS as err:
-        errors.print(f"[red]error:[/red] {err}", markup=True, highlight=False)
-        raise typer.Exit(1) from err
+        if isinstance(err, IcefloeError) and not is_refusal(err):
+            raise
+        if _verbose:
+            errors.print("".join(traceback.format_exception(err)), markup=False, highlight=False)
+        # soft_wrap: one line however narrow the terminal, so it can be grepped and copied
+        errors.print(
+            f"[red]error:[/red] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True
+        )
+        raise typer.Exit(2 if isinstance(err, RequestError) else 1) from err
 
 
 @contextmanager
@@ -428,22 +533,44 @@ def _print_result(result: WriteResult, dry_run: bool) -> None:
     )
 
 
-def _log_row(snapshot: Any) -> tuple[str, ...]:
+def _log_block(snapshot: Any, width: int) -> list[str]:
+    """``commit <id>  <date>``, then what icefloe wrote, each line wrapped at ``width``."""
     block = snapshot.metadata.get("icefloe") or {}
-    labels = ""
+    head = f"commit {snapshot.id}  {snapshot.written_at.strftime('%Y-%m-%d %H:%M:%S %Z')}"
+    lines = [head.rstrip()]
+    if not block:
+        return lines + _wrapped(snapshot.message, width)
+    what = [str(block.get("mode", "")), f"group {block.get('group') or '/'}"]
     if "label_range" in block:
-        labels = " … ".join(block["label_range"])
+        dim = block.get("append_dim", "")
+        what.append(f"{dim} {' … '.join(block['label_range'])}".strip())
     elif "region" in block:
-        labels = ", ".join(f"{d}[{a}:{b}]" for d, (a, b) in block["region"].items())
-    return (
-        snapshot.id,
-        snapshot.written_at.strftime("%Y-%m-%d %H:%M:%S"),
-        str(block.get("mode", "")),
-        str(block.get("group") or ("/" if block else "")),
-        ", ".join(block.get("variables", [])),
-        labels,
-        snapshot.message,
-    )
+        what.append(", ".join(f"{d}[{a}:{b}]" for d, (a, b) in block["region"].items()))
+    lines += _wrapped(" · ".join(w for w in what if w), width)
+    size = []
+    if "chunks_written" in block:
+        size.append(f"{block['chunks_written']} chunks, {human_bytes(block['bytes_written'])}")
+    if block.get("flow_run_name"):
+        size.append(f"flow run {block['flow_run_name']}")
+    if size:
+        lines += _wrapped(" · ".join(size), width)
+    if block.get("variables"):
+        lines += _wrapped("variables: " + ", ".join(block["variables"]), width)
+    if not snapshot.message.startswith("icefloe: "):  # icefloe's own repeats the lines above
+        lines += _wrapped(snapshot.message, width)
+    return lines
+
+
+def _wrapped(text: str, width: int, indent: str = "    ") -> list[str]:
+    # break_long_words=False: an id or a variable name stays whole, even if it overflows
+    return textwrap.wrap(
+        text,
+        width=width,
+        initial_indent=indent,
+        subsequent_indent=indent + "  ",
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [indent.rstrip()]
 
 
 if __name__ == "__main__":

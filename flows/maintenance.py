@@ -1,7 +1,7 @@
 """The maintenance flow: expire old snapshots and collect garbage, never under an open run.
 
 Chunks are uploaded before their commit, so collecting garbage younger than a run still
-in flight deletes chunks that run will commit (FIELD-NOTES). Before anything is deleted
+in flight deletes chunks that run will commit (docs/stack-facts.md). Before anything is deleted
 the flow asks the Prefect API for icefloe's open runs (RUNNING or PENDING runs of the
 flows named ``icefloe-*``) and refuses, with a PlanError, a cutoff younger than the
 oldest of them minus ``margin``. The margin covers writers Prefect does not know about
@@ -34,7 +34,9 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows.lifeline import ensure_lifeline
 from flows.metadata import current_run
+from flows.refusals import refusing
 from flows.targets import Target, safe_url
 from flows.write import load_credentials
 from tasks.errors import PlanError
@@ -137,6 +139,7 @@ def _expire_and_collect(
 
 
 @flow(name="icefloe-maintenance")
+@refusing
 def maintenance_flow(
     target: Target,
     older_than: dt.datetime | dt.timedelta = dt.timedelta(days=7),
@@ -148,8 +151,16 @@ def maintenance_flow(
 
     Refuses (PlanError) a cutoff younger than the oldest open icefloe run minus ``margin``.
     A dry run does not expire snapshots, so it counts only what is unreachable already.
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        older_than: Expire snapshots older than this time, or this age (e.g. 7 days).
+        margin: How much older than the oldest open icefloe run the cutoff must be.
+        dry_run: Only count what would be collected; delete nothing.
     """
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     if margin < dt.timedelta(0):
         raise PlanError(
             f"margin={margin} is negative: it must be zero or more (default {DEFAULT_MARGIN})"

@@ -1,4 +1,4 @@
-"""The flows deployments run: a scheduled append, and one write flow for the Prefect UI.
+"""The scheduled append that deployments run on a cron or interval schedule.
 
 A scheduled append asks the source for every label after the last stored one up to its
 scheduled time, so a late run, a repeated run and the runs missed while the service was
@@ -9,7 +9,6 @@ and a run with nothing new makes no commit.
 from __future__ import annotations
 
 import datetime as dt
-from typing import Literal
 
 import icechunk
 import pandas as pd
@@ -17,27 +16,16 @@ from prefect import flow
 from prefect.logging import get_run_logger
 
 from flows.backfill import publish_coverage
+from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.runner import task_runner
 from flows.sources import Source
 from flows.targets import Target, TargetNotFoundError
-from flows.write import (
-    Encoding,
-    RegionParameter,
-    RunOptions,
-    append_flow,
-    create_flow,
-    load_credentials,
-    modify_flow,
-    region_flow,
-)
+from flows.write import RunOptions, append_flow, load_credentials
 from tasks.coverage import coverage
-from tasks.planner import OnOverlap
 from tasks.stored import StoredGroup, normalize_group
 
-__all__ = ["last_label", "scheduled_append_flow", "write_flow"]
-
-WriteMode = Literal["create", "overwrite", "modify", "append", "region"]
+__all__ = ["last_label", "scheduled_append_flow"]
 
 
 def last_label(
@@ -56,6 +44,7 @@ def _as_naive_utc(moment: dt.datetime) -> pd.Timestamp:
 
 
 @flow(name="icefloe-scheduled-append", task_runner=task_runner())
+@refusing
 def scheduled_append_flow(
     target: Target,
     source: Source,
@@ -64,8 +53,19 @@ def scheduled_append_flow(
     scheduled_time: dt.datetime | None = None,
     scheduler_address: str | None = None,
 ) -> WriteResult:
-    """Append the source's labels after the last stored one up to the scheduled time
-    (default: the run's scheduled start), catching up missed runs."""
+    """Append the source's labels after the last stored one up to the scheduled time,
+    catching up runs that were missed; a run with nothing new makes no commit.
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
+        append_dim: The dimension to extend, e.g. "time".
+        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
+        scheduled_time: Append up to this time; empty for the run's scheduled start.
+        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
+            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
+    """
     from prefect.runtime import flow_run
 
     logger = get_run_logger()
@@ -88,6 +88,8 @@ def scheduled_append_flow(
         options=RunOptions(),
         window_start=start,
         window_end=until + pd.Timedelta(1, "ns"),
+        # the documented first run: an empty target gets the repository and the group
+        create_missing=True,
     )
     repo = target.open_repository(credentials=load_credentials(target))
     publish_coverage(
@@ -95,36 +97,3 @@ def scheduled_append_flow(
         f"scheduled append of {target.describe()} at {until}",
     )
     return result
-
-
-@flow(name="icefloe-write", task_runner=task_runner())
-def write_flow(
-    target: Target,
-    source: Source,
-    mode: WriteMode = "append",
-    group: str | None = None,
-    append_dim: str = "time",
-    on_overlap: OnOverlap = "error",
-    region: RegionParameter = "auto",
-    only_new_vars: bool = False,
-    encoding: Encoding | None = None,
-    dry_run: bool = False,
-    scheduler_address: str | None = None,
-    options: RunOptions | None = None,
-) -> WriteResult:
-    """Any write, chosen by ``mode``, with its options: the form behind ad-hoc UI runs."""
-    common = {
-        "group": group,
-        "dry_run": dry_run,
-        "scheduler_address": scheduler_address,
-        "options": options,
-    }
-    if mode in ("create", "overwrite"):
-        return create_flow(
-            target, source, overwrite=mode == "overwrite", encoding=encoding, **common
-        )
-    if mode == "modify":
-        return modify_flow(target, source, only_new_vars=only_new_vars, encoding=encoding, **common)
-    if mode == "append":
-        return append_flow(target, source, append_dim=append_dim, on_overlap=on_overlap, **common)
-    return region_flow(target, source, region=region, **common)

@@ -68,7 +68,9 @@ _OPTION_ALIASES = {
     "account_name": "account",
 }
 _BOOL_OPTIONS = frozenset({"allow_http", "force_path_style", "anonymous", "requester_pays"})
-_INT_OPTIONS = frozenset({"network_stream_timeout_seconds"})
+_INT_OPTIONS = frozenset({"network_stream_timeout_seconds", "max_tries"})
+# Options of the repository rather than of the storage: taken out before the storage is built.
+_REPOSITORY_OPTIONS = frozenset({"max_tries"})
 # s3_storage has no free-form config, so an unknown key is a typo and must fail loudly.
 _S3_OPTIONS = frozenset(
     {
@@ -79,6 +81,7 @@ _S3_OPTIONS = frozenset(
         "anonymous",
         "requester_pays",
         "network_stream_timeout_seconds",
+        "max_tries",
     }
 )
 # How long credentials loaded from a Secret block are used before the block is read again
@@ -407,7 +410,9 @@ class Target(BaseModel):
         description=(
             "Non-secret storage settings: s3 takes endpoint_url, region, allow_http, "
             "force_path_style (alias path-style), anonymous, requester_pays, "
-            "network_stream_timeout_seconds; az needs account; gs and az pass other keys to "
+            "network_stream_timeout_seconds, max_tries (how often a request is tried, the "
+            "first included: icechunk's default is 10 with backoff, about 40 s before an "
+            "unreachable endpoint is reported; 1 fails at once); az needs account; gs and az pass other keys to "
             "the object store configuration. Never put credentials here: they come from the "
             "environment or from credentials_secret_block."
         ),
@@ -532,7 +537,9 @@ class Target(BaseModel):
 
         # Values were checked and given their types by the validator; Any lets them be
         # spread into the constructors' typed keyword arguments.
-        options: dict[str, Any] = dict(self.storage_options)
+        options: dict[str, Any] = {
+            k: v for k, v in self.storage_options.items() if k not in _REPOSITORY_OPTIONS
+        }
         anonymous = bool(options.pop("anonymous", False))
         block = self.credentials_secret_block
         if anonymous and (credentials or block):
@@ -595,12 +602,13 @@ class Target(BaseModel):
         where = self.describe()
         try:
             if create:
+                # No config here: create would persist it into the new repository.
                 return icechunk.Repository.open_or_create(storage)
-            return icechunk.Repository.open(storage)
+            return icechunk.Repository.open(storage, config=self._repository_config())
         except icechunk.RepositoryNotFoundError as err:
             raise TargetNotFoundError(
-                f"no Icechunk repository at {where}: check Target.repo, or create the "
-                "repository first (open_repository(create=True), or `icefloe create`)"
+                f"no Icechunk repository at {where}: check Target.repo (--target) for a typo, "
+                "or create the repository with `icefloe create` (create_flow)"
             ) from err
         except icechunk.InvalidInputError as err:
             raise TargetError(
@@ -617,6 +625,14 @@ class Target(BaseModel):
             raise TargetError(
                 f"cannot open the repository at {where}: {_first_line(err)}; check Target.repo"
             ) from err
+
+    def _repository_config(self) -> icechunk.RepositoryConfig | None:
+        """Overrides for this process only (``open`` does not persist them)."""
+        tries = self.storage_options.get("max_tries")
+        if tries is None:
+            return None
+        retries = icechunk.StorageRetriesSettings(max_tries=max(1, int(tries)))
+        return icechunk.RepositoryConfig(storage=icechunk.StorageSettings(retries=retries))
 
     def describe(self) -> str:
         """A one-line description for logs and commit metadata; never shows a credential."""

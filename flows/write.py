@@ -22,7 +22,7 @@ import math
 import random
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -35,8 +35,10 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
+from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.runner import scheduler_address as resolve_scheduler_address
 from flows.runner import task_runner
@@ -44,10 +46,11 @@ from flows.sources import IcechunkSource, Source, SourceModel
 from flows.targets import Target, TargetError, TargetNotFoundError, safe_url
 from tasks import phases
 from tasks.audit import AuditRules, audit_snapshot
-from tasks.errors import CommitConflictError
+from tasks.errors import CommitConflictError, GroupNotFoundError
 from tasks.plan import WritePlan, human_bytes
-from tasks.planner import OnOverlap, RegionSpec
 from tasks.publish import Audit
+from tasks.request import OnOverlap, RegionSpec, WriteMode, WriteRequest
+from tasks.stored import StoredGroup
 from tasks.writer import XarrayDatasetWriter
 
 __all__ = [
@@ -57,6 +60,7 @@ __all__ = [
     "create_flow",
     "modify_flow",
     "region_flow",
+    "write_flow",
 ]
 
 # About one GiB per resumable batch: small enough to lose little when killed, large
@@ -64,10 +68,9 @@ __all__ = [
 BATCH_BYTES = 2**30
 
 Encoding = dict[str, dict[str, Any]]
+"""Per-variable encoding as JSON carries it (the flows' parameter type)."""
 RegionParameter = Literal["auto"] | dict[str, tuple[int, int] | Literal["auto"]]
 """A region as JSON can carry it: "auto", or per dimension [start, stop) or "auto"."""
-
-Choose = Callable[[XarrayDatasetWriter], XarrayDatasetWriter]
 
 
 class RunOptions(BaseModel):
@@ -101,9 +104,9 @@ class RunOptions(BaseModel):
     serialize: bool = Field(
         default=True,
         description="Runs that change metadata (create, modify, append) wait for the group's "
-        "lock so they never fail on each other. Turn off only where one deployment with a "
-        "concurrency limit of 1 is the group's only writer: a killed holder keeps the lock "
-        "until its lease expires (about a minute).",
+        "lock (kept in the repository's storage) so they never fail on each other. A killed "
+        "holder's lock is taken over at once on the same host, else after its lease "
+        "($ICEFLOE_LOCK_LEASE_SECONDS, 20 s).",
     )
     start_over_attempts: int = Field(
         default=3,
@@ -114,6 +117,7 @@ class RunOptions(BaseModel):
 
 
 @flow(name="icefloe-create", task_runner=task_runner())
+@refusing
 def create_flow(
     target: Target,
     source: Source,
@@ -124,27 +128,33 @@ def create_flow(
     scheduler_address: str | None = None,
     options: RunOptions | None = None,
 ) -> WriteResult:
-    """Create the group from the source (creating the repository if needed); ``overwrite``
-    replaces an existing group, otherwise an existing group is an error."""
-    return _write(
-        _Run(
-            target,
-            source,
-            group,
-            dry_run,
-            scheduler_address,
-            options or RunOptions(),
-            kind="create",
-            overwrite=overwrite,
-            create_repository=True,
-        ),
-        lambda writer: writer.for_create_or_overwrite(
-            group, mode="w" if overwrite else "w-", encoding=encoding
-        ),
+    """Create the group from the source (creating the repository if needed).
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
+        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
+        overwrite: Replace the group if it exists (variables not in the source are
+            deleted); otherwise an existing group is an error.
+        encoding: Per-variable encoding of arrays the run creates, as xarray takes it,
+            e.g. {"t2m": {"chunks": [24, 180, 360], "dtype": "float32"}}.
+        dry_run: Only plan: log what each phase would write, and write nothing.
+        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
+            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
+        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
+    """
+    mode: WriteMode = "overwrite" if overwrite else "create"
+    request = WriteRequest(mode=mode, group=group, encoding=encoding)
+    return run_write(
+        WriteRun(
+            target, source, request, dry_run, scheduler_address, options, create_repository=True
+        )
     )
 
 
 @flow(name="icefloe-modify", task_runner=task_runner())
+@refusing
 def modify_flow(
     target: Target,
     source: Source,
@@ -155,28 +165,30 @@ def modify_flow(
     scheduler_address: str | None = None,
     options: RunOptions | None = None,
 ) -> WriteResult:
-    """Add the source's variables to the group and overwrite the ones it has (only the new
-    ones with ``only_new_vars``); attributes are merged."""
+    """Add the source's variables to the group and overwrite the ones it has; attributes
+    are merged.
 
-    def choose(writer: XarrayDatasetWriter) -> XarrayDatasetWriter:
-        writer = writer.for_modify(group, encoding=encoding)
-        return writer.drop_existing_vars() if only_new_vars else writer
-
-    return _write(
-        _Run(
-            target,
-            source,
-            group,
-            dry_run,
-            scheduler_address,
-            options or RunOptions(),
-            kind="modify",
-        ),
-        choose,
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
+        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
+        only_new_vars: Write only the variables the group does not have yet.
+        encoding: Per-variable encoding of arrays the run creates, as xarray takes it,
+            e.g. {"t2m": {"chunks": [24, 180, 360], "dtype": "float32"}}.
+        dry_run: Only plan: log what each phase would write, and write nothing.
+        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
+            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
+        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
+    """
+    request = WriteRequest(
+        mode="modify", group=group, encoding=encoding, only_new_vars=only_new_vars
     )
+    return run_write(WriteRun(target, source, request, dry_run, scheduler_address, options))
 
 
 @flow(name="icefloe-append", task_runner=task_runner())
+@refusing
 def append_flow(
     target: Target,
     source: Source,
@@ -188,27 +200,50 @@ def append_flow(
     options: RunOptions | None = None,
     window_start: dt.datetime | None = None,
     window_end: dt.datetime | None = None,
+    create_missing: bool = False,
 ) -> WriteResult:
-    """Extend the group along ``append_dim`` with the source's labels; ``on_overlap`` says
-    what labels already stored do: "error", "skip" (re-runs are no-ops) or "overwrite".
-    ``window_start``/``window_end`` cut the source to [start, end)."""
-    return _write(
-        _Run(
+    """Extend the group along ``append_dim`` with the source's labels.
+
+    A missing repository or group is an error (a mistyped target must not start a second
+    archive) unless ``create_missing``, which the scheduled deployment sets so that its
+    first run creates them from the source.
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
+        append_dim: The dimension to extend, e.g. "time".
+        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
+        on_overlap: What to do with labels the group already holds: "error" refuses the
+            run, "skip" writes only new labels (re-runs are no-ops), "overwrite" rewrites
+            them and appends the rest.
+        dry_run: Only plan: log what each phase would write, and write nothing.
+        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
+            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
+        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
+        window_start: Cut the source to labels at or after this time.
+        window_end: Cut the source to labels before this time.
+        create_missing: Create the repository and the group from the source when they do
+            not exist yet (a scheduled append's first run); otherwise their absence is an
+            error, so that a mistyped target never starts a second archive.
+    """
+    request = WriteRequest(mode="append", group=group, append_dim=append_dim, on_overlap=on_overlap)
+    return run_write(
+        WriteRun(
             target,
             source,
-            group,
+            request,
             dry_run,
             scheduler_address,
-            options or RunOptions(),
-            kind="append",
-            create_repository=True,
+            options,
+            create_repository=create_missing,
             window=(window_start, window_end),
-        ),
-        lambda writer: writer.for_append(group, append_dim=append_dim, on_overlap=on_overlap),
+        )
     )
 
 
 @flow(name="icefloe-region", task_runner=task_runner())
+@refusing
 def region_flow(
     target: Target,
     source: Source,
@@ -218,19 +253,82 @@ def region_flow(
     scheduler_address: str | None = None,
     options: RunOptions | None = None,
 ) -> WriteResult:
-    """Overwrite a region of the group's existing arrays with the source's values; "auto"
-    places it by the source's labels."""
-    return _write(
-        _Run(
+    """Overwrite a region of the group's existing arrays with the source's values.
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
+        region: "auto" places the source by its labels; or per dimension [start, stop)
+            indexes, e.g. {"time": [24, 48]}, or "auto" for that dimension.
+        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
+        dry_run: Only plan: log what each phase would write, and write nothing.
+        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
+            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
+        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
+    """
+    request = WriteRequest(mode="region", group=group, region=as_region_spec(region))
+    return run_write(WriteRun(target, source, request, dry_run, scheduler_address, options))
+
+
+@flow(name="icefloe-write", task_runner=task_runner())
+@refusing
+def write_flow(
+    target: Target,
+    source: Source,
+    mode: WriteMode = "append",
+    group: str | None = None,
+    append_dim: str = "time",
+    on_overlap: OnOverlap = "error",
+    region: RegionParameter = "auto",
+    only_new_vars: bool = False,
+    encoding: Encoding | None = None,
+    dry_run: bool = False,
+    scheduler_address: str | None = None,
+    options: RunOptions | None = None,
+) -> WriteResult:
+    """Any write, chosen by ``mode``, with its options: the form behind ad-hoc UI runs.
+
+    The form shows every mode's options at once; those of other modes are ignored.
+
+    Args:
+        target: The repository (a path, or a file://, s3://, gs:// or az:// URL), its
+            branch, and non-secret storage options.
+        source: Where the data comes from: files, zarr, icechunk, python or synthetic.
+        mode: create (the group must not exist), overwrite (replace it), modify (add or
+            overwrite variables), append (extend along append_dim) or region (rewrite a
+            part of existing arrays).
+        group: The group inside the repository, e.g. "era5/surface"; empty for the root.
+        append_dim: append only: the dimension to extend.
+        on_overlap: append only: "error", "skip" (only new labels) or "overwrite" (upsert).
+        region: region only: "auto" (placed by labels) or per dimension [start, stop).
+        only_new_vars: modify only: write just the variables the group lacks.
+        encoding: Per-variable encoding of arrays the run creates, as xarray takes it,
+            e.g. {"t2m": {"chunks": [24, 180, 360], "dtype": "float32"}}.
+        dry_run: Only plan: log what each phase would write, and write nothing.
+        scheduler_address: A Dask scheduler (tcp://host:8786) for the heavy write; empty
+            for a local cluster (or ICEFLOE_SCHEDULER_ADDRESS).
+        options: Resuming, batching, staged publishing and locking; defaults suit most runs.
+    """
+    request = WriteRequest(
+        mode=mode,
+        group=group,
+        encoding=encoding if mode in ("create", "overwrite", "modify") else None,
+        only_new_vars=only_new_vars and mode == "modify",
+        append_dim=append_dim if mode == "append" else None,
+        on_overlap=on_overlap if mode == "append" else "error",
+        region=as_region_spec(region) if mode == "region" else None,
+    )
+    return run_write(
+        WriteRun(
             target,
             source,
-            group,
+            request,
             dry_run,
             scheduler_address,
-            options or RunOptions(),
-            kind="region",
-        ),
-        lambda writer: writer.for_region(group, region=as_region_spec(region)),
+            options,
+            create_repository=request.creates_group,
+        )
     )
 
 
@@ -248,39 +346,52 @@ def as_region_spec(region: RegionParameter) -> RegionSpec:
 
 
 @dataclass(frozen=True)
-class _Run:
+class WriteRun:
+    """One write as the flows carry it: the request, and where and how to run it."""
+
     target: Target
     source: SourceModel
-    group: str | None
-    dry_run: bool
-    scheduler_address: str | None
-    options: RunOptions
-    kind: Literal["create", "modify", "append", "region"]
-    overwrite: bool = False
+    request: WriteRequest
+    dry_run: bool = False
+    scheduler_address: str | None = None
+    options: RunOptions | None = None
     create_repository: bool = False
     window: tuple[dt.datetime | None, dt.datetime | None] = (None, None)
+    publish_summary: bool = True
 
     @property
-    def changes_metadata(self) -> bool:
-        return self.kind != "region"
+    def settings(self) -> RunOptions:
+        return self.options or RunOptions()
 
 
-def _write(run: _Run, choose: Choose) -> WriteResult:
-    """Open, then attempt the write; a region run starts over when metadata moved under it."""
+def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
+    """Open, then attempt the write; a region run starts over when metadata moved under it.
+
+    Every write of every flow (backfill windows included) goes through here, so there is
+    one way to plan, resume, commit and describe a commit.
+    """
     logger = get_run_logger()
+    ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     if not run.dry_run:
         check_scheduler(_scheduler(run))
-    repo = _open_repository(run)
-    dataset = open_source(run.source, *run.window)
-    locked = run.changes_metadata and run.options.serialize and not run.dry_run
-    with serialized(run.target, run.group, enabled=locked):
-        for attempt in range(1, run.options.start_over_attempts + 1):
+    # The source first: a source that cannot be read must not leave a new repository behind.
+    if dataset is None:
+        dataset = open_source(run.source, *run.window, run.request.append_dim or "time")
+    repo = _open_repository(run, dataset)
+    if not run.create_repository and run.target.branch in repo.list_branches():
+        # Refused before the group's lock is waited for (a missing branch is _session's to
+        # report); checked again under the lock, where the plan is made.
+        _require_group(repo.readonly_session(branch=run.target.branch), run)
+    request, attempts = run.request, run.settings.start_over_attempts
+    locked = request.changes_metadata and run.settings.serialize and not run.dry_run
+    with serialized(run.target, request.group, enabled=locked, repo=repo):
+        for attempt in range(1, attempts + 1):
             try:
-                return _attempt(run, choose, repo, dataset)
+                return _attempt(run, repo, dataset)
             except CommitConflictError as err:
-                if err.overlapping or run.changes_metadata:
+                if err.overlapping or request.changes_metadata:
                     raise
-                if attempt == run.options.start_over_attempts:
+                if attempt == attempts:
                     raise
                 delay = random.uniform(0.2, 1.0) * attempt
                 logger.warning(
@@ -289,23 +400,25 @@ def _write(run: _Run, choose: Choose) -> WriteResult:
                     "; ".join(err.conflicts),
                     delay,
                     attempt + 1,
-                    run.options.start_over_attempts,
+                    attempts,
                 )
                 time.sleep(delay)
     raise AssertionError("unreachable")
 
 
-def _attempt(
-    run: _Run, choose: Choose, repo: icechunk.Repository, dataset: xr.Dataset
-) -> WriteResult:
+def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> WriteResult:
     logger = get_run_logger()
     started = time.perf_counter()
     branch = run.target.branch
-    staging = _staging_branch(run) if run.options.publish == "staged" and not run.dry_run else None
-    session = _session(repo, run, staging if run.overwrite else None)
+    overwrite = run.request.mode == "overwrite"
+    staged = run.settings.publish == "staged" and not run.dry_run
+    staging = _staging_branch() if staged else None
+    session = _session(repo, run, staging if overwrite else None)
     base = session.snapshot_id
     try:
-        writer = choose(XarrayDatasetWriter(dataset, store=session.store))
+        if not run.create_repository:
+            _require_group(session, run)
+        writer = XarrayDatasetWriter(dataset, store=session.store).for_request(run.request)
         plan = phases.plan(writer)
         logger.info("plan for %s:\n%s", _where(run.target), plan)
         if run.dry_run:
@@ -315,8 +428,8 @@ def _attempt(
             logger.info("nothing to write: the group already holds what the source has")
             return _result(run, plan, snapshot_id=None, skipped=True)
         # An overwrite deletes the group, and forks that each carry that deletion cannot be
-        # merged: it works in the session itself and cannot resume (FIELD-NOTES).
-        workspace = session if run.overwrite else session.fork()
+        # merged: it works in the session itself and cannot resume (docs/stack-facts.md).
+        workspace = session if overwrite else session.fork()
         key = _resume_key(run, repo, base) if workspace is not session else None
         workspace = phases.persisted(phases.write_metadata, key)(writer, workspace, key)
         workspace = phases.persisted(phases.write_eager, key)(writer, workspace, key)
@@ -342,18 +455,19 @@ def _attempt(
         if not session.read_only:
             session.discard_changes()
         raise
-    _publish_summary(plan, run, metadata, snapshot_id, lazy, time.perf_counter() - started)
+    if run.publish_summary:
+        _publish_summary(plan, run, metadata, snapshot_id, lazy, time.perf_counter() - started)
     return _result(run, plan, snapshot_id=snapshot_id, skipped=False)
 
 
-def _run_key(run: _Run) -> str:
-    return run.options.run_key or parameters_digest(
+def _run_key(run: WriteRun) -> str:
+    return run.settings.run_key or parameters_digest(
         {k: v for k, v in _parameters().items() if k not in ("dry_run", "scheduler_address")}
-        or {"target": run.target, "source": run.source, "group": run.group, "kind": run.kind}
+        or {"target": run.target, "source": run.source, "request": run.request.describe()}
     )
 
 
-def _resume_key(run: _Run, repo: icechunk.Repository, base: str) -> str | None:
+def _resume_key(run: WriteRun, repo: icechunk.Repository, base: str) -> str | None:
     """Where a run's phases and batches are persisted.
 
     The base snapshot's write time is part of the key: every new repository starts from
@@ -363,26 +477,37 @@ def _resume_key(run: _Run, repo: icechunk.Repository, base: str) -> str | None:
     read by a callback that pickles as the block's name (flows.targets;
     tests/storage/test_s3_flows).
     """
-    fingerprint = run.source.model_dump_json()
     written = repo.lookup_snapshot(base).written_at.isoformat()
-    identity = f"{_run_key(run)}|{base}|{written}|{fingerprint}"
+    # One flow run may make several writes (a backfill's windows): the request and the
+    # window tell them apart.
+    identity = json.dumps(
+        [
+            _run_key(run),
+            base,
+            written,
+            run.source.model_dump(mode="json"),
+            run.request.describe(),
+            [str(edge) for edge in run.window],
+        ],
+        default=str,
+    )
     digest = hashlib.sha256(identity.encode()).hexdigest()
     return f"icefloe-{digest[:40]}"
 
 
-def _target_batches(plan: WritePlan, run: _Run) -> int:
-    if run.options.batches:
-        return run.options.batches
+def _target_batches(plan: WritePlan, run: WriteRun) -> int:
+    if run.settings.batches:
+        return run.settings.batches
     return max(1, math.ceil(plan.bytes_in_phase("lazy") / BATCH_BYTES))
 
 
-def _staging_branch(run: _Run) -> str:
+def _staging_branch() -> str:
     run_id = current_run().flow_run_id or uuid.uuid4().hex
     return f"icefloe/{run_id}"
 
 
-def _audit(repo: icechunk.Repository, plan: WritePlan, dataset: xr.Dataset, run: _Run) -> Audit:
-    rules = AuditRules(max_nan_fraction=run.options.max_nan_fraction)
+def _audit(repo: icechunk.Repository, plan: WritePlan, dataset: xr.Dataset, run: WriteRun) -> Audit:
+    rules = AuditRules(max_nan_fraction=run.settings.max_nan_fraction)
     return functools.partial(_audit_snapshot, repo, plan=plan, source=dataset, rules=rules)
 
 
@@ -398,20 +523,55 @@ def _audit_snapshot(
     audit_snapshot(repo, snapshot, plan, source, rules)
 
 
-def _open_repository(run: _Run) -> icechunk.Repository:
+def _open_repository(run: WriteRun, dataset: xr.Dataset) -> icechunk.Repository:
+    """The target's repository. Only create (and a scheduled append's first run) may create
+    it, and only once the request has been planned against an empty repository in memory:
+    a request refused there leaves nothing behind on disk."""
     credentials = load_credentials(run.target)
+    try:
+        return run.target.open_repository(credentials=credentials)
+    except TargetNotFoundError as err:
+        if not run.create_repository:
+            raise TargetNotFoundError(
+                f"no Icechunk repository at {_where(run.target)}: {run.request.mode} writes "
+                "only into an existing repository; check --target (Target.repo) for a typo, "
+                "or create the repository with `icefloe create` (create_flow)"
+            ) from err
+        if run.target.branch != "main":
+            raise TargetNotFoundError(
+                f"no Icechunk repository at {_where(run.target)}, and a new repository has "
+                "only the branch 'main': create it on 'main' first, then create the branch"
+            ) from err
+    scratch = icechunk.Repository.create(icechunk.in_memory_storage())
     if run.dry_run:
-        try:
-            return run.target.open_repository(credentials=credentials)
-        except TargetNotFoundError:
-            if not run.create_repository:
-                raise
-            # Plan the creation against an empty repository, without creating the real one.
-            return icechunk.Repository.create(icechunk.in_memory_storage())
-    return run.target.open_repository(create=run.create_repository, credentials=credentials)
+        return scratch  # the dry run plans against it; nothing is created
+    store = scratch.writable_session("main").store
+    XarrayDatasetWriter(dataset, store=store).for_request(run.request).plan()
+    return run.target.open_repository(create=True, credentials=credentials)
 
 
-def _session(repo: icechunk.Repository, run: _Run, staging: str | None = None) -> icechunk.Session:
+def _require_group(session: icechunk.Session, run: WriteRun) -> None:
+    """Refuse modify, append and region on a group that holds nothing: only create makes one."""
+    group = run.request.group
+    stored = StoredGroup(session.store, group)
+    if not stored.is_empty:
+        return
+    what = (
+        f"there is no group {group!r} in {_where(run.target)}"
+        if not stored.exists
+        else f"{f'group {group!r}' if group else 'the root group'} of {_where(run.target)} "
+        "holds no arrays"
+    )
+    raise GroupNotFoundError(
+        f"{what}: {run.request.mode} writes only into an existing group; check --group "
+        "(group=) for a typo, or create the group with `icefloe create` (create_flow)",
+        group=group,
+    )
+
+
+def _session(
+    repo: icechunk.Repository, run: WriteRun, staging: str | None = None
+) -> icechunk.Session:
     branch = run.target.branch
     try:
         # A dry run plans on a read-only session, so it cannot write even by mistake.
@@ -434,12 +594,17 @@ def _session(repo: icechunk.Repository, run: _Run, staging: str | None = None) -
 # Never persisted: the Dataset may hold large in-memory variables.
 @task(name="open_source", cache_policy=NO_CACHE, retries=0, persist_result=False)
 def open_source(
-    source: SourceModel, start: dt.datetime | None = None, end: dt.datetime | None = None
+    source: SourceModel,
+    start: dt.datetime | None = None,
+    end: dt.datetime | None = None,
+    append_dim: str = "time",
 ) -> xr.Dataset:
     """The source's data for [start, end), lazily (dask-backed where the source is)."""
     if isinstance(source, IcechunkSource):
-        return source.open(start, end, credentials=load_credentials(source.target))
-    return source.open(start, end)
+        return source.open(
+            start, end, append_dim=append_dim, credentials=load_credentials(source.target)
+        )
+    return source.open(start, end, append_dim=append_dim)
 
 
 def load_credentials(target: Target) -> dict[str, str] | None:
@@ -459,7 +624,7 @@ def load_credentials(target: Target) -> dict[str, str] | None:
     return {str(k): str(v) for k, v in value.items()}
 
 
-def _scheduler(run: _Run) -> str | None:
+def _scheduler(run: WriteRun) -> str | None:
     return resolve_scheduler_address(run.scheduler_address)
 
 
@@ -484,7 +649,7 @@ def _parameters() -> dict[str, Any]:
     return dict(context.parameters) if context is not None else {}
 
 
-def _metadata(plan: WritePlan, run: _Run) -> dict[str, Any]:
+def _metadata(plan: WritePlan, run: WriteRun) -> dict[str, Any]:
     return commit_metadata(
         plan=plan,
         source=run.source,
@@ -509,7 +674,9 @@ def _where(target: Target) -> str:
     return f"{safe_url(target.repo)} (branch {target.branch})"
 
 
-def _result(run: _Run, plan: WritePlan, *, snapshot_id: str | None, skipped: bool) -> WriteResult:
+def _result(
+    run: WriteRun, plan: WritePlan, *, snapshot_id: str | None, skipped: bool
+) -> WriteResult:
     result = WriteResult(
         snapshot_id=snapshot_id,
         branch=run.target.branch,
@@ -524,7 +691,7 @@ def _result(run: _Run, plan: WritePlan, *, snapshot_id: str | None, skipped: boo
     return result
 
 
-def _publish_plan(plan: WritePlan, run: _Run) -> None:
+def _publish_plan(plan: WritePlan, run: WriteRun) -> None:
     create_markdown_artifact(
         markdown=f"# icefloe dry run: {plan.mode}\n\n{_where(run.target)}, nothing written.\n\n"
         f"```\n{plan}\n```\n",
@@ -534,7 +701,7 @@ def _publish_plan(plan: WritePlan, run: _Run) -> None:
 
 def _publish_summary(
     plan: WritePlan,
-    run: _Run,
+    run: WriteRun,
     metadata: Mapping[str, Any],
     snapshot_id: str | None,
     lazy: phases.LazyWriteStats,

@@ -45,10 +45,6 @@ class LazyBatch:
     writes: tuple[ArrayWrite, ...]
     chunks: int
 
-    @property
-    def names(self) -> list[str]:
-        return [w.name for w in self.writes]
-
 
 def split_into_batches(
     writes: list[ArrayWrite],

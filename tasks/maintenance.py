@@ -2,7 +2,7 @@
 
 Chunks are uploaded before their commit. A collection whose cutoff is younger than
 a run still in flight deletes that run's chunks; the run's later commit succeeds and
-the branch then points at missing objects (FIELD-NOTES). The cutoff is therefore
+the branch then points at missing objects (docs/stack-facts.md). The cutoff is therefore
 checked against the oldest open run, with a margin, before anything is deleted.
 """
 

@@ -10,7 +10,7 @@ raised midway leaves the session half-written and it must be discarded, not writ
 the branch or not, so both may retry transient storage and network errors.
 
 Every task uses ``NO_CACHE``: hashing a Dataset argument costs seconds and hashing a writable
-session logs an error on every call (see FIELD-NOTES).
+session logs an error on every call (see docs/stack-facts.md).
 """
 
 from __future__ import annotations

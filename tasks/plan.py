@@ -9,12 +9,12 @@ from typing import Any, Literal
 import xarray as xr
 
 from tasks.chunking import Region
+from tasks.request import WriteMode
 
 ArrayAction = Literal[
     "create", "replace", "resize", "overwrite", "region", "fill", "skip", "delete"
 ]
 Phase = Literal["metadata", "eager", "lazy", "none"]
-WriteMode = Literal["create", "overwrite", "modify", "append", "region"]
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ the metadata steps and array writes that carry it out.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Hashable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -32,13 +32,10 @@ from tasks.plan import (
     ArrayWrite,
     MetadataSteps,
     Phase,
-    WriteMode,
     WritePlan,
 )
+from tasks.request import OnOverlap, RegionSpec, WriteMode
 from tasks.stored import StoredGroup
-
-OnOverlap = Literal["error", "skip", "overwrite"]
-RegionSpec = Mapping[str, slice | Literal["auto"]] | Literal["auto"]
 
 # Encoding keys xarray's zarr backend accepts; anything else a source carried along
 # (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
@@ -85,10 +82,6 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise PlanError(self.items, group=self.group)
-
-
-def _name(name: Hashable) -> str:
-    return str(name)
 
 
 def _dtype_label(dtype: np.dtype[Any]) -> str:

@@ -31,13 +31,12 @@ from tasks.planner import (
     AppendPlanner,
     CreatePlanner,
     ModifyPlanner,
-    OnOverlap,
     Planned,
     Planner,
     RegionPlanner,
-    RegionSpec,
 )
-from tasks.stored import StoredGroup, array_path, normalize_group, stored_encodings
+from tasks.request import Encoding, OnOverlap, RegionSpec, WriteRequest
+from tasks.stored import StoredGroup, array_path, stored_encodings
 from tasks.verify import verify_store
 
 __all__ = ["XarrayDatasetWriter", "store_dask", "to_icechunk"]
@@ -45,22 +44,6 @@ __all__ = ["XarrayDatasetWriter", "store_dask", "to_icechunk"]
 log = logging.getLogger(__name__)
 
 PHASES = ("plan", "write_metadata", "write_eager", "verify", "write_lazy")
-
-
-@dataclass(frozen=True)
-class _Request:
-    """What the user asked for; the planner turns it into a plan against the store."""
-
-    kind: Literal["create", "modify", "append", "region"]
-    group: str | None
-    mode: Literal["w", "w-"] = "w-"
-    encoding: Mapping[str, Mapping[str, Any]] | None = None
-    only_new_vars: bool = False
-    append_dim: str | None = None
-    on_overlap: OnOverlap = "error"
-    update_attrs: Mapping[str, Any] | None = None
-    fill_missing: bool = False
-    region: RegionSpec | None = None
 
 
 @dataclass
@@ -76,7 +59,7 @@ class XarrayDatasetWriter:
 
     dataset: xr.Dataset = field(repr=False)
     store: icechunk.IcechunkStore = field(kw_only=True, repr=False)
-    request: _Request | None = field(default=None, kw_only=True)
+    request: WriteRequest | None = field(default=None, kw_only=True)
     _planned: Planned | None = field(default=None, init=False, repr=False)
     _done: list[str] = field(default_factory=list, init=False, repr=False)
     _broken: str | None = field(default=None, init=False, repr=False)
@@ -96,31 +79,36 @@ class XarrayDatasetWriter:
 
     # -- modes -------------------------------------------------------------------------
 
-    def _with(self, request: _Request) -> XarrayDatasetWriter:
+    def for_request(self, request: WriteRequest) -> XarrayDatasetWriter:
+        """A writer for ``request``: the one entry the ``for_*`` methods below spell out."""
         return dataclasses.replace(self, request=request)
 
     def for_create_or_overwrite(
         self,
         group: str | None = None,
         mode: Literal["w", "w-"] = "w-",
-        encoding: Mapping[str, Mapping[str, Any]] | None = None,
+        encoding: Encoding | None = None,
     ) -> XarrayDatasetWriter:
         """Create the group (``"w-"``: it must not hold anything) or replace it (``"w"``)."""
         if mode not in ("w", "w-"):
             raise PlanError(f"mode={mode!r} is not 'w' or 'w-'; pass one of them", group=group)
-        return self._with(_Request("create", normalize_group(group), mode=mode, encoding=encoding))
+        return self.for_request(
+            WriteRequest(
+                mode="overwrite" if mode == "w" else "create", group=group, encoding=encoding
+            )
+        )
 
     def for_modify(
-        self, group: str | None = None, encoding: Mapping[str, Mapping[str, Any]] | None = None
+        self, group: str | None = None, encoding: Encoding | None = None
     ) -> XarrayDatasetWriter:
         """Add variables, overwrite existing ones and merge attributes."""
-        return self._with(_Request("modify", normalize_group(group), encoding=encoding))
+        return self.for_request(WriteRequest(mode="modify", group=group, encoding=encoding))
 
     def drop_existing_vars(self) -> XarrayDatasetWriter:
         """After for_modify: write only the variables the group does not have yet."""
-        if self.request is None or self.request.kind != "modify":
+        if self.request is None or self.request.mode != "modify":
             raise PhaseOrderError("drop_existing_vars() follows for_modify(); call that first")
-        return self._with(dataclasses.replace(self.request, only_new_vars=True))
+        return self.for_request(dataclasses.replace(self.request, only_new_vars=True))
 
     def for_append(
         self,
@@ -131,10 +119,10 @@ class XarrayDatasetWriter:
         fill_missing: bool = False,
     ) -> XarrayDatasetWriter:
         """Extend the arrays that have ``append_dim`` with the dataset's labels."""
-        return self._with(
-            _Request(
-                "append",
-                normalize_group(group),
+        return self.for_request(
+            WriteRequest(
+                mode="append",
+                group=group,
                 append_dim=append_dim,
                 on_overlap=on_overlap,
                 update_attrs=update_attrs,
@@ -146,7 +134,7 @@ class XarrayDatasetWriter:
         self, group: str | None = None, region: RegionSpec = "auto"
     ) -> XarrayDatasetWriter:
         """Write values into a region of existing arrays (``"auto"``: placed by labels)."""
-        return self._with(_Request("region", normalize_group(group), region=region))
+        return self.for_request(WriteRequest(mode="region", group=group, region=region))
 
     # -- phases ------------------------------------------------------------------------
 
@@ -291,11 +279,12 @@ class XarrayDatasetWriter:
         request = self.request
         assert request is not None
         stored = StoredGroup(self.store, request.group)
-        if request.kind == "create":
-            return CreatePlanner(self.dataset, stored, request.mode, request.encoding)
-        if request.kind == "modify":
+        if request.mode in ("create", "overwrite"):
+            create_mode = "w" if request.mode == "overwrite" else "w-"
+            return CreatePlanner(self.dataset, stored, create_mode, request.encoding)
+        if request.mode == "modify":
             return ModifyPlanner(self.dataset, stored, request.encoding, request.only_new_vars)
-        if request.kind == "append":
+        if request.mode == "append":
             assert request.append_dim is not None
             return AppendPlanner(
                 self.dataset,
@@ -307,11 +296,6 @@ class XarrayDatasetWriter:
             )
         assert request.region is not None
         return RegionPlanner(self.dataset, stored, request.region)
-
-    def _plan_for_write(self) -> Planned:
-        self.plan()
-        assert self._planned is not None
-        return self._planned
 
     def _require_plan(self) -> Planned:
         if self._planned is None:
@@ -369,6 +353,7 @@ def _as_dataset(obj: xr.DataArray) -> xr.Dataset:
 
 def store_dask(
     session: icechunk.Session,
+    *,
     sources: Sequence[da.Array],
     targets: Sequence[zarr.Array[Any]],
     regions: Sequence[Region | None] | None = None,
@@ -416,11 +401,12 @@ def store_dask(
 def to_icechunk(
     obj: xr.Dataset | xr.DataArray,
     session: icechunk.Session,
+    *,
     group: str | None = None,
     mode: Literal["w", "w-", "a", "r+"] | None = None,
     append_dim: Hashable | None = None,
     region: RegionSpec | None = None,
-    encoding: Mapping[str, Mapping[str, Any]] | None = None,
+    encoding: Encoding | None = None,
     chunkmanager_store_kwargs: MutableMapping[Any, Any] | None = None,
 ) -> WritePlan:
     """Write ``obj`` in one call, like ``Dataset.to_zarr``; the caller commits the session.

@@ -108,3 +108,22 @@ def gated_scaled(
     )
     ds["air_temperature"] = ds["air_temperature"].copy(data=gated)
     return ds
+
+
+# -- slow blocks: a lazy write that lasts long enough to kill a worker in the middle -------
+
+
+def _slow(block: np.ndarray, delay: float) -> np.ndarray:
+    time.sleep(delay)
+    return block
+
+
+def slow_synthetic(delay: float = 0.3, **window: Any) -> xr.Dataset:
+    """The synthetic source's window (same values), each dask block taking ``delay`` s."""
+    from flows.sources import SyntheticSource
+
+    ds = SyntheticSource(kind="synthetic", **window).open()
+    for name in DATA_VARS:
+        data = ds[name].data
+        ds[name] = ds[name].copy(data=da.map_blocks(_slow, data, delay=delay, dtype=data.dtype))
+    return ds

@@ -24,23 +24,17 @@ from pathlib import Path
 from typing import Any
 
 import zarr
-from prefect.client.orchestration import get_client
-from prefect.exceptions import ObjectNotFound
 
 from flows import Target, append_flow, create_flow, modify_flow, region_flow
-from flows.locks import limit_name
+from flows.locks import lock_holder
 from flows.write import load_credentials
 
 FLOWS = {"append": append_flow, "create": create_flow, "modify": modify_flow, "region": region_flow}
 
 
 def _lock_held(target: Target, group: str) -> bool:
-    with get_client(sync_client=True) as client:
-        try:
-            limit = client.read_global_concurrency_limit_by_name(limit_name(target, group))
-        except ObjectNotFound:
-            return False
-    return limit.active_slots > 0
+    repo = target.open_repository(credentials=load_credentials(target))
+    return lock_holder(target, group, repo) is not None
 
 
 def _length(target: Target, group: str, dim: str) -> int:

@@ -113,10 +113,19 @@ def test_create_append_dry_run_and_log(tmp_path: Path, scheduler_address: str) -
         read_back(repository(repo_path)), plain_xarray(synthetic(), tmp_path)
     )
 
-    history = runner.invoke(app, ["log", "--target", str(repo_path)])
+    history = runner.invoke(app, ["log", "--target", str(repo_path)], env={"COLUMNS": "80"})
     assert history.exit_code == 0, history.output
     assert "append" in history.output
     assert "create" in history.output
+    # Readable at 80 columns: one block per commit, nothing broken mid-word.
+    lines = history.stdout.splitlines()
+    assert all(len(line) <= 80 for line in lines), history.stdout
+    ancestry = list(repository(repo_path).ancestry(branch="main"))
+    blocks = [line for line in lines if line.startswith("commit ")]
+    assert [b.split()[1] for b in blocks] == [s.id for s in ancestry]  # whole ids, newest first
+    words = set(history.stdout.replace(",", " ").split())
+    assert set(synthetic().variables) <= words  # every variable name intact
+    assert "2020-01-02T00:00:00" in history.stdout or "2020-01-02 00:00:00" in history.stdout
 
 
 def test_region_takes_json(tmp_path: Path, scheduler_address: str) -> None:

@@ -28,6 +28,7 @@ from flows.sources import (
     parse_source,
 )
 from flows.targets import Target, TargetNotFoundError
+from tasks.errors import RequestError
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -298,8 +299,10 @@ def test_files_window_is_cut_along_time(daily_files: Path) -> None:
     ds = source.open("2020-01-01T12", "2020-01-02T12")
     assert ds.air_temperature.chunks[0] == (2, 2)
     assert_same_data(ds, SMALL.open("2020-01-01T12", "2020-01-02T12"))
-    unwindowed = FilesSource(paths=[str(daily_files / "obs_*.nc")], window_dim=None)
-    assert unwindowed.open("2020-01-01T12", "2020-01-02T12").sizes["time"] == 12
+    # a window along a dimension the data lacks is an error, never the whole source
+    with pytest.raises(RequestError, match="no 'valid_time' coordinate") as info:
+        source.open("2020-01-01T12", "2020-01-02T12", append_dim="valid_time")
+    assert "set the run's append_dim" in str(info.value)
 
 
 def test_files_several_patterns_and_nested_concat(daily_files: Path) -> None:
@@ -399,10 +402,10 @@ def test_zarr_missing_store_or_group(zarr_store: Path, tmp_path: Path) -> None:
 
 
 def test_zarr_window_along_a_dimension_without_dates(zarr_store: Path) -> None:
-    source = ZarrSource(url=str(zarr_store), group="surface", window_dim="lat")
-    assert source.open().sizes["lat"] == 4  # no window: nothing to select
-    with pytest.raises(ValueError, match="set window_dim") as info:
-        source.open("2020-01-01", "2020-01-02")
+    source = ZarrSource(url=str(zarr_store), group="surface")
+    assert source.open(append_dim="lat").sizes["lat"] == 4  # no window: nothing to select
+    with pytest.raises(ValueError, match="set the run's append_dim") as info:
+        source.open("2020-01-01", "2020-01-02", append_dim="lat")
     assert "'lat'" in str(info.value)
 
 
@@ -593,13 +596,13 @@ def test_parse_source_forms(tmp_path: Path) -> None:
     assert parse_source({"kind": "zarr", "url": "x.zarr"}) == ZarrSource(url="x.zarr")
     model = SyntheticSource()
     assert parse_source(model) is model
-    with pytest.raises(ValueError, match="JSON source spec"):
+    with pytest.raises(RequestError, match="JSON source spec"):
         parse_source("  ")
-    with pytest.raises(ValidationError, match="kind"):
+    with pytest.raises(RequestError, match="kind"):
         parse_source({"url": "x.zarr"})
-    with pytest.raises(ValidationError, match="nx"):
+    with pytest.raises(RequestError, match="nx"):
         parse_source('{"kind": "synthetic", "nx": -1}')
-    with pytest.raises(ValidationError, match="colour"):
+    with pytest.raises(RequestError, match="colour"):
         parse_source({"kind": "synthetic", "colour": "red"})
     with pytest.raises(TypeError, match="cannot make a source"):
         parse_source(42)  # type: ignore[arg-type]
