@@ -16,6 +16,7 @@ import xarray as xr
 
 from tasks.errors import VerificationError
 from tasks.plan import WritePlan
+from tasks.stored import StoredGroup
 
 
 @dataclass(frozen=True)
@@ -36,7 +37,8 @@ def audit_snapshot(
     """Raise VerificationError listing every way the snapshot differs from plan and source."""
     rules = rules or AuditRules()
     session = repo.readonly_session(snapshot_id=snapshot_id)
-    stored = xr.open_zarr(session.store, group=plan.group, consolidated=False, chunks=None)
+    # decoded variable by variable: bounds left at fill values must not hide the rest
+    stored = StoredGroup(session.store, plan.group).decoded()
     problems: list[str] = []
     for row in plan.arrays:
         if row.action == "delete":

@@ -156,6 +156,23 @@ class StoredGroup:
                 group=self.group,
             ) from err
 
+    def decoded(self) -> xr.Dataset:
+        """The group decoded as xarray would, variable by variable and lazily.
+
+        A float time holding only fill values (bounds of labels a backfill has not written
+        yet) stays numeric instead of making the whole group unreadable.
+        """
+        undecoded = self.undecoded
+        variables = {}
+        for name, variable in undecoded.variables.items():
+            try:
+                variables[name] = decode_variable(str(name), variable)
+            except (ValueError, TypeError, OverflowError):
+                variables[name] = variable
+        coords = {n: v for n, v in variables.items() if n in undecoded.coords}
+        data = {n: v for n, v in variables.items() if n not in undecoded.coords}
+        return xr.Dataset(data, coords=coords, attrs=undecoded.attrs)
+
     @cached_property
     def indexes(self) -> dict[str, pd.Index]:
         """The labels of every dimension coordinate, decoded (these values are read)."""
