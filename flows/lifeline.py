@@ -21,7 +21,9 @@ Cancellation: a flow run that a worker or ``serve`` started is stopped by them w
 is cancelled (SIGTERM, which Prefect turns into a Cancelled run). A flow called directly
 (a script, a notebook, cron) has nobody to do that: ``ensure_lifeline()`` also watches
 the current run's state from a thread and, once it is CANCELLING, stops the run the same
-way, so ``prefect flow-run cancel`` and the UI's Cancel work for those runs too.
+way (and, as a runner, kills the process if it has not exited 5 s later; not in an
+interactive session), so ``prefect flow-run cancel`` and the UI's Cancel work for those
+runs too.
 """
 
 from __future__ import annotations
@@ -37,13 +39,17 @@ import time
 
 import psutil
 
-__all__ = ["CANCEL_POLL_SECONDS", "LIFELINE_ENV", "ensure_lifeline"]
+__all__ = ["CANCEL_GRACE_SECONDS", "CANCEL_POLL_SECONDS", "LIFELINE_ENV", "ensure_lifeline"]
 
 LIFELINE_ENV = "ICEFLOE_LIFELINE"
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 3.0
 # How often a directly called run asks the API whether it was cancelled: one small GET.
 CANCEL_POLL_SECONDS = 1.0
+# As a runner does: a cancelled process still running this long after its SIGTERM is
+# killed (closing a busy LocalCluster alone waits 4 s, and exiting the interpreter drains
+# Prefect's queues and stops its temporary server); the watchdog cleans up after it.
+CANCEL_GRACE_SECONDS = 5.0
 _watched_runs: set[str] = set()
 
 _lock = threading.Lock()
@@ -126,6 +132,23 @@ def _cancel_when_cancelling(run_id: object) -> None:
     # thread's blocking wait for the cluster, and Prefect turns it into TerminationSignal,
     # which unwinds the run: its session discarded, its lock released, its cluster closed.
     os.kill(os.getpid(), signal.SIGTERM)
+    if hasattr(sys, "ps1") or sys.flags.interactive or "IPython" in sys.modules:
+        return  # a notebook or a REPL: the run is stopped, the session lives on
+    time.sleep(CANCEL_GRACE_SECONDS)
+    # Still here: record the outcome the engine had no time to, then end it as a runner
+    # would. The branch is unchanged, a re-run resumes, the watchdog ends the children.
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled
+
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
+        if state is None or not state.is_final():
+            client.set_flow_run_state(
+                run_id,  # type: ignore[arg-type]
+                Cancelled(message="Flow run was cancelled (its process was stopped)."),
+                force=True,
+            )
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _descendants(parent: psutil.Process) -> dict[int, float]:

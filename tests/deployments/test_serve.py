@@ -176,6 +176,24 @@ def test_an_event_triggers_the_backfill_deployment(serving) -> None:  # type: ig
     assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
 
 
+def test_serve_switches_on_zombie_detection(serving, prefect_server: str) -> None:  # type: ignore[no-untyped-def]
+    """Its runs send heartbeats (the runner's children inherit the setting) and the
+    automation that marks a run Crashed once they stop exists (tests/deployments/
+    test_zombies.py shows it at work)."""
+    import datetime as dt
+
+    from deployments.zombies import AUTOMATION_NAME, HEARTBEAT_SECONDS, MISSED_HEARTBEATS
+
+    with (
+        temporary_settings({PREFECT_API_URL: prefect_server}),
+        get_client(sync_client=True) as client,
+    ):
+        (automation,) = client.read_automations_by_name(AUTOMATION_NAME)
+    assert automation.enabled
+    assert automation.trigger.within == dt.timedelta(seconds=MISSED_HEARTBEATS * HEARTBEAT_SECONDS)
+    assert automation.actions[0].state.value == "CRASHED"
+
+
 def test_serve_refuses_a_missing_schedule(tmp_path: Path, prefect_server: str) -> None:
     process = served(
         ["--target", str(tmp_path / "x"), "--source", '{"kind": "synthetic"}'],
