@@ -78,7 +78,8 @@ def _compare_samples(
         if name not in source.data_vars or name not in written.data_vars:
             continue
         expected, actual = source[name], written[name]
-        dim = plan.append_dim if plan.append_dim in expected.dims else (expected.dims or (None,))[0]
+        dims = [str(d) for d in expected.dims]
+        dim = plan.append_dim if plan.append_dim in dims else (dims[0] if dims else None)
         if dim is None:
             picks: list[dict[str, int]] = [{}]
         else:

@@ -67,7 +67,7 @@ def split_into_batches(
     lo = min(w.region[axis_of[w.name]].start for w in along)
     hi = max(w.region[axis_of[w.name]].stop for w in along)
     step = max(1, math.ceil((hi - lo) / target_batches / step_unit)) * step_unit
-    batches = []
+    batches: list[LazyBatch] = []
     edge = (lo // step) * step
     while edge < hi:
         window = (max(edge, lo), min(edge + step, hi))
@@ -141,4 +141,5 @@ def _lazy_encoded(write: ArrayWrite, encoding: dict[str, Any]) -> da.Array:
     encoded = encode_for_store(write.variable, encoding, write.name).data
     if isinstance(encoded, da.Array):
         return encoded
-    return da.from_array(encoded, chunks=write.variable.chunks or -1)
+    wrapped: da.Array = da.from_array(encoded, chunks=write.variable.chunks or -1)
+    return wrapped

@@ -74,7 +74,7 @@ def encode_for_store(
         # array's units attribute would not follow, so the values would be silently wrong
         warnings.filterwarnings("error", message=".*serialized faithfully.*")
         try:
-            encoded = encode_zarr_variable(plain, name=name, zarr_format=3)
+            encoded: xr.Variable = encode_zarr_variable(plain, name=name, zarr_format=3)
         except UserWarning as warning:
             raise ValueError(str(warning)) from None
     for key in ("units", "calendar"):

@@ -13,6 +13,7 @@ import pandas as pd
 import xarray as xr
 import zarr
 from xarray.conventions import decode_cf_variable
+from zarr.abc.store import Store
 from zarr.errors import NodeNotFoundError
 
 from tasks.errors import PlanError
@@ -55,7 +56,7 @@ def array_path(group: str | None, name: str) -> str:
 class StoredGroup:
     """A read-only view of one group, read once when a plan is made."""
 
-    def __init__(self, store: zarr.abc.store.Store, group: str | None) -> None:
+    def __init__(self, store: Store, group: str | None) -> None:
         self.store = store
         self.group = group
         try:
@@ -92,7 +93,7 @@ class StoredGroup:
             return {}
         arrays = {}
         for name, array in self._zarr_group.arrays():
-            dims = array.metadata.dimension_names
+            dims = getattr(array.metadata, "dimension_names", None)  # zarr v3 only
             if dims is None and array.ndim == 0:
                 dims = ()
             if dims is None:
@@ -183,10 +184,10 @@ class StoredGroup:
         }
 
 
-def open_undecoded(store: zarr.abc.store.Store, group: str | None) -> xr.Dataset:
+def open_undecoded(store: Store, group: str | None) -> xr.Dataset:
     """A group opened without reading any values: see ``StoredGroup.undecoded``."""
     try:
-        return xr.open_zarr(
+        opened: xr.Dataset = xr.open_zarr(
             store,
             group=group,
             consolidated=False,
@@ -196,6 +197,7 @@ def open_undecoded(store: zarr.abc.store.Store, group: str | None) -> xr.Dataset
             decode_timedelta=False,
             create_default_indexes=False,
         )
+        return opened
     except Exception as err:
         raise PlanError(
             f"xarray cannot read the stored group ({type(err).__name__}: {err}); "
@@ -237,6 +239,6 @@ def decode_variable(name: str, variable: xr.Variable) -> xr.Variable:
     return decoded
 
 
-def stored_encodings(store: zarr.abc.store.Store, group: str | None) -> dict[str, dict[str, Any]]:
+def stored_encodings(store: Store, group: str | None) -> dict[str, dict[str, Any]]:
     """The encoding of every array of the group, as xarray reads it back, from metadata only."""
     return StoredGroup(store, group).encodings

@@ -12,16 +12,17 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import xarray as xr
 import zarr
+from zarr.abc.store import Store
 
 from tasks.encoding import encode_for_store
 from tasks.errors import VerificationError
 from tasks.stored import StoredGroup, array_path, stored_encodings
 
 if TYPE_CHECKING:
-    from tasks.planner import Planned
+    from tasks.planners import Planned
 
 
-def verify_store(store: zarr.abc.store.Store, planned: Planned, source: xr.Dataset) -> None:
+def verify_store(store: Store, planned: Planned, source: xr.Dataset) -> None:
     plan = planned.plan
     group = plan.group
     problems: list[str] = []
@@ -34,7 +35,7 @@ def verify_store(store: zarr.abc.store.Store, planned: Planned, source: xr.Datas
         if array is None:
             problems.append(f"array {row.name!r} is missing")
             continue
-        dims = tuple(array.metadata.dimension_names or ())
+        dims = tuple(getattr(array.metadata, "dimension_names", None) or ())  # zarr v3 only
         if dims != row.dims:
             problems.append(f"array {row.name!r} has dims {dims}, planned {row.dims}")
         if tuple(array.shape) != row.shape:
@@ -70,7 +71,7 @@ def verify_store(store: zarr.abc.store.Store, planned: Planned, source: xr.Datas
         raise VerificationError(problems, group=group)
 
 
-def _check_eager_values(store: zarr.abc.store.Store, planned: Planned) -> list[str]:
+def _check_eager_values(store: Store, planned: Planned) -> list[str]:
     """Encoded source values against the raw stored ones: exact, even for packed data."""
     eager = [w for w in planned.writes if not w.lazy]
     if not eager:
@@ -91,9 +92,7 @@ def _check_eager_values(store: zarr.abc.store.Store, planned: Planned) -> list[s
     return problems
 
 
-def _check_append_labels(
-    store: zarr.abc.store.Store, planned: Planned, source: xr.Dataset
-) -> list[str]:
+def _check_append_labels(store: Store, planned: Planned, source: xr.Dataset) -> list[str]:
     dim = planned.plan.append_dim
     if dim is None or dim not in source.indexes:
         return []
@@ -112,7 +111,7 @@ def _check_append_labels(
     return problems
 
 
-def _open(store: zarr.abc.store.Store, group: str | None, name: str) -> zarr.Array[Any] | None:
+def _open(store: Store, group: str | None, name: str) -> zarr.Array[Any] | None:
     try:
         return zarr.open_array(store, path=array_path(group, name), mode="r")
     except (FileNotFoundError, zarr.errors.NodeNotFoundError):

@@ -27,7 +27,7 @@ from tasks.chunking import Region, align_to_zarr_chunks, full_region, shared_chu
 from tasks.encoding import encode_for_store
 from tasks.errors import ChunkConflictError, PhaseOrderError, PlanError
 from tasks.plan import ArrayWrite, WritePlan
-from tasks.planner import (
+from tasks.planners import (
     AppendPlanner,
     CreatePlanner,
     ModifyPlanner,

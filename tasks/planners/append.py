@@ -1,0 +1,358 @@
+"""Planning ``append``: extend the arrays along the append dimension with new labels."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from tasks.plan import (
+    ArrayPlan,
+    ArrayWrite,
+    MetadataSteps,
+    WritePlan,
+)
+
+# Encoding keys xarray's zarr backend accepts; anything else a source carried along
+# (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
+from tasks.planners.base import (
+    Planned,
+    Planner,
+    changed_attrs,
+    check_dataset,
+    dtype_label,
+    labels_text,
+    stored_variable,
+    values_equal,
+)
+from tasks.planners.create import CreatePlanner
+from tasks.request import OnOverlap, WriteMode
+from tasks.stored import StoredGroup
+
+
+class AppendPlanner(Planner):
+    """Extend every variable that has ``append_dim``; everything else must already match."""
+
+    mode: WriteMode = "append"
+
+    def __init__(
+        self,
+        ds: xr.Dataset,
+        stored: StoredGroup,
+        append_dim: str,
+        on_overlap: OnOverlap = "error",
+        update_attrs: Mapping[str, Any] | None = None,
+        fill_missing: bool = False,
+    ) -> None:
+        super().__init__(ds, stored)
+        self.append_dim = append_dim
+        self.on_overlap = on_overlap
+        self.update_attrs = dict(update_attrs or {})
+        self.fill_missing = fill_missing
+
+    def plan(self) -> Planned:
+        check_dataset(self.ds, self.problems)
+        dim = self.append_dim
+        if self.on_overlap not in ("error", "skip", "overwrite"):
+            self.problems.add(
+                f"on_overlap={self.on_overlap!r} is not one of 'error', 'skip', 'overwrite'"
+            )
+        if dim not in self.ds.dims:
+            self.problems.add(
+                f"append_dim {dim!r} is not a dimension of the dataset (its dimensions are "
+                f"{sorted(map(str, self.ds.dims))}); pass one of those"
+            )
+        self.problems.raise_if_any()
+        if self.stored.is_empty:
+            planned = CreatePlanner(self.ds, self.stored, "w-").plan()
+            assert planned.steps.template is not None  # creating a group always has one
+            planned.steps.template.attrs.update(self.update_attrs)
+            labels = self._labels(self.ds)
+            plan = planned.plan
+            planned.plan = WritePlan(
+                mode="append",
+                group=plan.group,
+                arrays=plan.arrays,
+                group_attrs={**plan.group_attrs, **self.update_attrs},
+                attrs_changed=plan.attrs_changed,
+                append_dim=dim,
+                label_range=labels_text(labels) if labels is not None and len(labels) else None,
+            )
+            return planned
+        if dim not in self.stored.sizes:
+            self.problems.add(
+                f"append_dim {dim!r} is not a dimension of the stored group (it has "
+                f"{sorted(self.stored.sizes)}); pass one of those"
+            )
+            self.problems.raise_if_any()
+        return self._plan_extend()
+
+    def _labels(self, ds: xr.Dataset) -> pd.Index | None:
+        if self.append_dim not in ds.indexes:
+            return None
+        labels = ds.indexes[self.append_dim]
+        if not labels.is_unique:
+            dupes = labels[labels.duplicated()].unique()
+            self.problems.add(
+                f"coordinate {self.append_dim!r} has duplicated labels {[str(x) for x in dupes[:5]]}; "
+                "drop the duplicates (e.g. ds.drop_duplicates)"
+            )
+        elif not labels.is_monotonic_increasing:
+            self.problems.add(
+                f"coordinate {self.append_dim!r} is not increasing; sort it with "
+                f"ds.sortby({self.append_dim!r})"
+            )
+        return labels
+
+    def _plan_extend(self) -> Planned:
+        dim, ds, stored = self.append_dim, self.ds, self.stored
+        old_len = stored.sizes[dim]
+        new_labels = self._labels(ds)
+        write_from, keep_from = (
+            old_len,
+            0,
+        )  # store position the write starts at; first ds label kept
+        labels_ok = not self.problems.items
+        if new_labels is not None and dim in stored.indexes and len(new_labels):
+            stored_labels = stored.indexes[dim]
+            if not (stored_labels.is_unique and stored_labels.is_monotonic_increasing):
+                # placing labels needs a unique, increasing stored axis (pandas cannot even
+                # look labels up in one with repeats)
+                self.problems.add(
+                    f"the stored coordinate {dim!r} is not unique and increasing, so appended "
+                    f"labels cannot be placed after it; rewrite the group with sorted, unique "
+                    f"labels (ds.drop_duplicates({dim!r}).sortby({dim!r})) before appending"
+                )
+            elif labels_ok and self._same_calendar(stored_labels, new_labels):
+                write_from, keep_from = self._place_labels(stored_labels, new_labels)
+        elif new_labels is None and dim in stored.arrays:
+            self.problems.add(
+                f"the store has a coordinate {dim!r} but the dataset has none; add the labels "
+                f"with ds.assign_coords({dim}=...)"
+            )
+        elif new_labels is None and self.on_overlap != "error":
+            # without labels nothing tells a re-run from new data: skipping or overwriting
+            # would silently append the same values again
+            self.problems.add(
+                f"on_overlap={self.on_overlap!r} needs labels along {dim!r} to recognise what "
+                f"is already stored, but neither the dataset nor the store has a {dim!r} "
+                f"coordinate; add one (ds.assign_coords({dim}=...)) when creating the group, "
+                "or append only new data with on_overlap='error'"
+            )
+        self.problems.raise_if_any()
+        ds = ds.isel({dim: slice(keep_from, None)})
+        n_new = ds.sizes[dim]
+        new_len = max(old_len, write_from + n_new)
+
+        rows: list[ArrayPlan] = []
+        writes: list[ArrayWrite] = []
+        resize: dict[str, tuple[int, ...]] = {}
+        with_dim = {str(n) for n, v in stored.arrays.items() if dim in v.dims}
+        for hashable_name, variable in ds.variables.items():
+            name = str(hashable_name)
+            if name not in stored.arrays:
+                self.problems.add(
+                    f"variable {name!r} is not in the store; appending cannot add variables, add "
+                    "it first with for_modify (or drop it from the dataset)"
+                )
+                continue
+            if dim not in variable.dims:
+                if not values_equal(variable, stored_variable(stored, name)):
+                    self.problems.add(
+                        f"variable {name!r} has no {dim!r} dimension and differs from the stored "
+                        f"one; appending never overwrites it: make it equal to the stored values, "
+                        "or change it with for_modify"
+                    )
+                else:
+                    rows.append(self.skip_row(name, "unchanged"))
+                continue
+            if name not in with_dim:
+                self.problems.add(
+                    f"variable {name!r} has dimension {dim!r} in the dataset but not in the store; "
+                    "rename the dimension or rewrite the variable with for_modify"
+                )
+                continue
+            if not self.check_compatible(name, variable, "rewrite it with for_modify"):
+                continue
+            stored_array = stored.arrays[name]
+            for d, size, stored_size in zip(
+                stored_array.dims, variable.shape, stored_array.shape, strict=True
+            ):
+                if d != dim and size != stored_size:
+                    self.problems.add(
+                        f"variable {name!r} has {d!r} of length {size} but the store has "
+                        f"{stored_size}; only {dim!r} may grow, select the stored extent of {d!r}"
+                    )
+            self.check_encodable(name, variable)
+            axis = stored_array.dims.index(dim)
+            new_shape = tuple(new_len if i == axis else n for i, n in enumerate(stored_array.shape))
+            if new_shape != stored_array.shape:
+                resize[name] = new_shape
+            if n_new == 0:
+                rows.append(self.skip_row(name, "already stored"))
+                continue
+            region = tuple(
+                slice(write_from, write_from + n_new) if i == axis else slice(0, n)
+                for i, n in enumerate(new_shape)
+            )
+            overlap = write_from < old_len
+            row, write = self.plan_write(
+                name,
+                variable,
+                region,
+                "resize" if new_len > old_len else "region",
+                new_shape,
+                note="upsert" if overlap and self.on_overlap == "overwrite" else "",
+            )
+            rows.append(row)
+            writes.append(write)
+
+        missing = sorted(with_dim - {str(n) for n in ds.variables})
+        if missing and not self.fill_missing:
+            self.problems.add(
+                f"variables {missing} have dimension {dim!r} in the store but are missing from the "
+                "dataset; include them, or pass fill_missing=True to leave them at their fill value"
+            )
+        for name in missing if self.fill_missing else []:
+            array = stored.arrays[name]
+            axis = array.dims.index(dim)
+            new_shape = tuple(new_len if i == axis else n for i, n in enumerate(array.shape))
+            resize[name] = new_shape
+            rows.append(
+                ArrayPlan(
+                    name,
+                    "fill",
+                    array.dims,
+                    new_shape,
+                    array.shape,
+                    array.chunks,
+                    dtype_label(array.dtype),
+                    "metadata",
+                    attrs=dict(array.attrs),
+                )
+            )
+
+        changed = changed_attrs(stored.attrs, self.update_attrs)
+        steps = MetadataSteps(
+            resize=resize if n_new else {},
+            group_attrs={k: self.update_attrs[k] for k in changed},
+        )
+        label_range = None
+        if n_new and dim in ds.indexes:
+            label_range = labels_text(ds.indexes[dim])
+        return self.finish(
+            rows,
+            steps,
+            writes,
+            {**stored.attrs, **self.update_attrs},
+            changed,
+            append_dim=dim,
+            label_range=label_range,
+        )
+
+    def _same_calendar(self, stored_labels: pd.Index, new_labels: pd.Index) -> bool:
+        stored_calendar, new_calendar = _calendar(stored_labels), _calendar(new_labels)
+        if stored_calendar == new_calendar:
+            return True
+        self.problems.add(
+            f"labels along {self.append_dim!r} use the {new_calendar} calendar but the store "
+            f"uses {stored_calendar}; convert them with ds.convert_calendar({stored_calendar!r})"
+        )
+        return False
+
+    def _place_labels(self, stored_labels: pd.Index, new_labels: pd.Index) -> tuple[int, int]:
+        """Where the new labels go: (store position of the first written, first kept label)."""
+        dim = self.append_dim
+        old_len = len(stored_labels)
+        positions = stored_labels.get_indexer(new_labels)
+        n_overlap = int((positions >= 0).sum())
+        if n_overlap:
+            overlap_positions = positions[:n_overlap]
+            contiguous = (positions[n_overlap:] < 0).all() and (
+                np.diff(overlap_positions) == 1
+            ).all()
+            if not contiguous:
+                self.problems.add(
+                    f"labels along {dim!r} interleave with the stored ones; an append may only "
+                    "repeat a contiguous run of stored labels followed by new ones"
+                )
+                return old_len, 0
+            if self.on_overlap == "error":
+                first, last = new_labels[0], new_labels[n_overlap - 1]
+                self.problems.add(
+                    f"{n_overlap} label(s) along {dim!r} are already in the store "
+                    f"({first} … {last}); pass on_overlap='skip' to write only new labels or "
+                    "on_overlap='overwrite' to replace them"
+                )
+                return old_len, 0
+            reaches_end = overlap_positions[-1] == old_len - 1
+            if n_overlap < len(new_labels) and not reaches_end:
+                self.problems.add(
+                    f"labels along {dim!r} repeat stored labels that end before the last stored "
+                    f"label {stored_labels[-1]} and then continue with new ones; that would "
+                    "insert in the middle of the axis"
+                )
+                return old_len, 0
+        fresh = new_labels[n_overlap:]
+        if len(fresh):
+            if fresh[0] <= stored_labels[-1]:
+                self.problems.add(
+                    f"label {fresh[0]} along {dim!r} is not after the last stored label "
+                    f"{stored_labels[-1]}; appends must continue the axis (use for_region to "
+                    "rewrite inside it)"
+                )
+            else:
+                self._check_no_gap(stored_labels, fresh)
+        if self.on_overlap == "skip":
+            return old_len, n_overlap
+        return (int(positions[0]) if n_overlap else old_len), 0
+
+    def _check_no_gap(self, stored_labels: pd.Index, fresh: pd.Index) -> None:
+        if _calendar(stored_labels) is None:
+            # numeric axes (depth levels, longitudes, model levels) are often irregular on
+            # purpose: a few equal steps in the first part say nothing about the rest
+            return
+        step = _regular_step(stored_labels)
+        if step is None and len(stored_labels) == 1 and len(fresh) > 1:
+            step = _regular_step(fresh)
+        if step is None:
+            return
+        expected = stored_labels[-1] + step
+        if fresh[0] != expected:
+            self.problems.add(
+                f"the axis {self.append_dim!r} is regular with step {step} but the first new label "
+                f"is {fresh[0]} instead of {expected}; that leaves a gap — include the missing "
+                "labels, or write them later with for_region after extending the axis"
+            )
+        elif len(fresh) > 1 and _regular_step(fresh) != step:
+            self.problems.add(
+                f"the new labels along {self.append_dim!r} are not spaced by the stored step "
+                f"{step}; resample them to the stored step"
+            )
+
+
+def _calendar(labels: pd.Index) -> str | None:
+    """The calendar of time labels, or None for labels that are not times."""
+    if isinstance(labels, xr.CFTimeIndex):
+        return str(labels.calendar)
+    if isinstance(labels, pd.DatetimeIndex):
+        return "proleptic_gregorian"
+    return None
+
+
+def _regular_step(labels: pd.Index) -> Any:
+    if len(labels) < 2:
+        return None
+    steps = (
+        pd.Index(labels[1:]) - pd.Index(labels[:-1])
+        if not isinstance(labels, xr.CFTimeIndex)
+        else pd.Index(np.diff(np.asarray(labels)))
+    )
+    try:
+        unique = steps.unique()
+    except TypeError:
+        return None
+    return unique[0] if len(unique) == 1 else None
