@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -31,6 +32,22 @@ from tasks.planners.base import (
 from tasks.planners.create import CreatePlanner
 from tasks.request import OnOverlap, WriteMode
 from tasks.stored import StoredGroup
+
+
+@dataclass(frozen=True)
+class _Span:
+    """Where an append lands along the append dimension."""
+
+    old_len: int  # stored length before the append
+    write_from: int  # store position of the first written label
+    n_new: int  # labels written (new and, with on_overlap="overwrite", overlapping)
+
+    @property
+    def new_len(self) -> int:
+        return max(self.old_len, self.write_from + self.n_new)
+
+    def grown(self, shape: tuple[int, ...], axis: int) -> tuple[int, ...]:
+        return tuple(self.new_len if i == axis else n for i, n in enumerate(shape))
 
 
 class AppendPlanner(Planner):
@@ -108,13 +125,63 @@ class AppendPlanner(Planner):
         return labels
 
     def _plan_extend(self) -> Planned:
-        dim, ds, stored = self.append_dim, self.ds, self.stored
-        old_len = stored.sizes[dim]
-        new_labels = self._labels(ds)
-        write_from, keep_from = (
-            old_len,
-            0,
-        )  # store position the write starts at; first ds label kept
+        dim, stored = self.append_dim, self.stored
+        write_from, keep_from = self._placement()
+        self.problems.raise_if_any()
+        ds = self.ds.isel({dim: slice(keep_from, None)})
+        span = _Span(old_len=stored.sizes[dim], write_from=write_from, n_new=ds.sizes[dim])
+
+        rows: list[ArrayPlan] = []
+        writes: list[ArrayWrite] = []
+        resize: dict[str, tuple[int, ...]] = {}
+        with_dim = {str(n) for n, v in stored.arrays.items() if dim in v.dims}
+        for hashable_name, variable in ds.variables.items():
+            name = str(hashable_name)
+            if name not in stored.arrays:
+                self.problems.add(
+                    f"variable {name!r} is not in the store; appending cannot add variables, add "
+                    "it first with for_modify (or drop it from the dataset)"
+                )
+            elif dim not in variable.dims:
+                if self._unchanged(name, variable):
+                    rows.append(self.skip_row(name, "unchanged"))
+            elif name not in with_dim:
+                self.problems.add(
+                    f"variable {name!r} has dimension {dim!r} in the dataset but not in the store; "
+                    "rename the dimension or rewrite the variable with for_modify"
+                )
+            elif self.check_compatible(name, variable, "rewrite it with for_modify"):
+                new_shape, row, write = self._plan_variable(name, variable, span)
+                if new_shape != stored.arrays[name].shape:
+                    resize[name] = new_shape
+                rows.append(row)
+                if write is not None:
+                    writes.append(write)
+        rows += self._plan_missing(sorted(with_dim - {str(n) for n in ds.variables}), span, resize)
+
+        changed = changed_attrs(stored.attrs, self.update_attrs)
+        steps = MetadataSteps(
+            resize=resize if span.n_new else {},
+            group_attrs={k: self.update_attrs[k] for k in changed},
+        )
+        label_range = None
+        if span.n_new and dim in ds.indexes:
+            label_range = labels_text(ds.indexes[dim])
+        return self.finish(
+            rows,
+            steps,
+            writes,
+            {**stored.attrs, **self.update_attrs},
+            changed,
+            append_dim=dim,
+            label_range=label_range,
+        )
+
+    def _placement(self) -> tuple[int, int]:
+        """Where the write starts in the store, and the first dataset label it keeps."""
+        dim, stored = self.append_dim, self.stored
+        write_from, keep_from = stored.sizes[dim], 0
+        new_labels = self._labels(self.ds)
         labels_ok = not self.problems.items
         if new_labels is not None and dim in stored.indexes and len(new_labels):
             stored_labels = stored.indexes[dim]
@@ -142,84 +209,67 @@ class AppendPlanner(Planner):
                 f"coordinate; add one (ds.assign_coords({dim}=...)) when creating the group, "
                 "or append only new data with on_overlap='error'"
             )
-        self.problems.raise_if_any()
-        ds = ds.isel({dim: slice(keep_from, None)})
-        n_new = ds.sizes[dim]
-        new_len = max(old_len, write_from + n_new)
+        return write_from, keep_from
 
-        rows: list[ArrayPlan] = []
-        writes: list[ArrayWrite] = []
-        resize: dict[str, tuple[int, ...]] = {}
-        with_dim = {str(n) for n, v in stored.arrays.items() if dim in v.dims}
-        for hashable_name, variable in ds.variables.items():
-            name = str(hashable_name)
-            if name not in stored.arrays:
-                self.problems.add(
-                    f"variable {name!r} is not in the store; appending cannot add variables, add "
-                    "it first with for_modify (or drop it from the dataset)"
-                )
-                continue
-            if dim not in variable.dims:
-                if not values_equal(variable, stored_variable(stored, name)):
-                    self.problems.add(
-                        f"variable {name!r} has no {dim!r} dimension and differs from the stored "
-                        f"one; appending never overwrites it: make it equal to the stored values, "
-                        "or change it with for_modify"
-                    )
-                else:
-                    rows.append(self.skip_row(name, "unchanged"))
-                continue
-            if name not in with_dim:
-                self.problems.add(
-                    f"variable {name!r} has dimension {dim!r} in the dataset but not in the store; "
-                    "rename the dimension or rewrite the variable with for_modify"
-                )
-                continue
-            if not self.check_compatible(name, variable, "rewrite it with for_modify"):
-                continue
-            stored_array = stored.arrays[name]
-            for d, size, stored_size in zip(
-                stored_array.dims, variable.shape, stored_array.shape, strict=True
-            ):
-                if d != dim and size != stored_size:
-                    self.problems.add(
-                        f"variable {name!r} has {d!r} of length {size} but the store has "
-                        f"{stored_size}; only {dim!r} may grow, select the stored extent of {d!r}"
-                    )
-            self.check_encodable(name, variable)
-            axis = stored_array.dims.index(dim)
-            new_shape = tuple(new_len if i == axis else n for i, n in enumerate(stored_array.shape))
-            if new_shape != stored_array.shape:
-                resize[name] = new_shape
-            if n_new == 0:
-                rows.append(self.skip_row(name, "already stored"))
-                continue
-            region = tuple(
-                slice(write_from, write_from + n_new) if i == axis else slice(0, n)
-                for i, n in enumerate(new_shape)
-            )
-            overlap = write_from < old_len
-            row, write = self.plan_write(
-                name,
-                variable,
-                region,
-                "resize" if new_len > old_len else "region",
-                new_shape,
-                note="upsert" if overlap and self.on_overlap == "overwrite" else "",
-            )
-            rows.append(row)
-            writes.append(write)
+    def _unchanged(self, name: str, variable: xr.Variable) -> bool:
+        """A variable without the append dimension must equal the stored one: never rewritten."""
+        if values_equal(variable, stored_variable(self.stored, name)):
+            return True
+        self.problems.add(
+            f"variable {name!r} has no {self.append_dim!r} dimension and differs from the "
+            "stored one; appending never overwrites it: make it equal to the stored values, "
+            "or change it with for_modify"
+        )
+        return False
 
-        missing = sorted(with_dim - {str(n) for n in ds.variables})
+    def _plan_variable(
+        self, name: str, variable: xr.Variable, span: _Span
+    ) -> tuple[tuple[int, ...], ArrayPlan, ArrayWrite | None]:
+        """The grown shape, plan row and write of a variable along the append dimension."""
+        dim, stored_array = self.append_dim, self.stored.arrays[name]
+        for d, size, stored_size in zip(
+            stored_array.dims, variable.shape, stored_array.shape, strict=True
+        ):
+            if d != dim and size != stored_size:
+                self.problems.add(
+                    f"variable {name!r} has {d!r} of length {size} but the store has "
+                    f"{stored_size}; only {dim!r} may grow, select the stored extent of {d!r}"
+                )
+        self.check_encodable(name, variable)
+        axis = stored_array.dims.index(dim)
+        new_shape = span.grown(stored_array.shape, axis)
+        if span.n_new == 0:
+            return new_shape, self.skip_row(name, "already stored"), None
+        region = tuple(
+            slice(span.write_from, span.write_from + span.n_new) if i == axis else slice(0, n)
+            for i, n in enumerate(new_shape)
+        )
+        overlap = span.write_from < span.old_len
+        row, write = self.plan_write(
+            name,
+            variable,
+            region,
+            "resize" if span.new_len > span.old_len else "region",
+            new_shape,
+            note="upsert" if overlap and self.on_overlap == "overwrite" else "",
+        )
+        return new_shape, row, write
+
+    def _plan_missing(
+        self, missing: list[str], span: _Span, resize: dict[str, tuple[int, ...]]
+    ) -> list[ArrayPlan]:
+        """Stored variables along the append dimension that the dataset lacks."""
         if missing and not self.fill_missing:
             self.problems.add(
-                f"variables {missing} have dimension {dim!r} in the store but are missing from the "
-                "dataset; include them, or pass fill_missing=True to leave them at their fill value"
+                f"variables {missing} have dimension {self.append_dim!r} in the store but are "
+                "missing from the dataset; include them, or pass fill_missing=True to leave "
+                "them at their fill value"
             )
-        for name in missing if self.fill_missing else []:
-            array = stored.arrays[name]
-            axis = array.dims.index(dim)
-            new_shape = tuple(new_len if i == axis else n for i, n in enumerate(array.shape))
+            return []
+        rows = []
+        for name in missing:
+            array = self.stored.arrays[name]
+            new_shape = span.grown(array.shape, array.dims.index(self.append_dim))
             resize[name] = new_shape
             rows.append(
                 ArrayPlan(
@@ -234,24 +284,7 @@ class AppendPlanner(Planner):
                     attrs=dict(array.attrs),
                 )
             )
-
-        changed = changed_attrs(stored.attrs, self.update_attrs)
-        steps = MetadataSteps(
-            resize=resize if n_new else {},
-            group_attrs={k: self.update_attrs[k] for k in changed},
-        )
-        label_range = None
-        if n_new and dim in ds.indexes:
-            label_range = labels_text(ds.indexes[dim])
-        return self.finish(
-            rows,
-            steps,
-            writes,
-            {**stored.attrs, **self.update_attrs},
-            changed,
-            append_dim=dim,
-            label_range=label_range,
-        )
+        return rows
 
     def _same_calendar(self, stored_labels: pd.Index, new_labels: pd.Index) -> bool:
         stored_calendar, new_calendar = _calendar(stored_labels), _calendar(new_labels)
