@@ -37,7 +37,7 @@ from flows.options import loads_json, validate, validation_message
 from flows.refusals import quiet_console
 from flows.results import WriteResult
 from flows.sources import SourceModel, SyntheticSource, parse_source
-from flows.targets import Target
+from flows.targets import Target, TargetError
 from flows.write import (
     Encoding,
     RegionParameter,
@@ -247,7 +247,9 @@ def log(
 ) -> None:
     """Show the commits of a branch with what icefloe wrote in each, newest first."""
     with _user_errors():
-        repo = _target(target, branch).open_repository()
+        parsed = _target(target, branch)
+        repo = parsed.open_repository()
+        _require_branch(repo, parsed)
         snapshots = []
         for i, snapshot in enumerate(repo.ancestry(branch=branch)):
             if i >= limit:
@@ -352,7 +354,9 @@ def coverage_command(
     """Show which labels along the append dimension hold data, gaps marked."""
     with _user_errors():
         parsed = _target(target, branch)
-        session = parsed.open_repository().readonly_session(branch=branch)
+        repo = parsed.open_repository()
+        _require_branch(repo, parsed)
+        session = repo.readonly_session(branch=branch)
         _require_group(session, group, parsed)
         _require_dimension(session, group, append_dim)
         found = coverage(session, normalize_group(group), append_dim)
@@ -453,6 +457,16 @@ def _region_option(text: str) -> RegionParameter:
             )
     region: RegionParameter = validate("--region", _REGION, value, REGION_EXAMPLE)
     return region
+
+
+def _require_branch(repo: icechunk.Repository, target: Target) -> None:
+    """For commands that only read: a missing branch is named, not an icechunk error."""
+    branches = repo.list_branches()
+    if target.branch not in branches:
+        raise TargetError(
+            f"branch {target.branch!r} does not exist in {target.repo}: use one of "
+            f"{sorted(branches)} (--branch)"
+        )
 
 
 def _require_group(session: Any, group: str | None, target: Target) -> None:

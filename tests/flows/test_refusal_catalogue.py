@@ -33,9 +33,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flows import Target, append_flow, backfill_flow, create_flow, modify_flow, region_flow
-from flows.cli import app
+from flows.cli import _require_branch, app
 from flows.sources import parse_source
-from flows.targets import TargetNotFoundError, TargetUnreachableError
+from flows.targets import TargetError, TargetNotFoundError, TargetUnreachableError
 from tasks.errors import (
     GroupNotFoundError,
     IcefloeError,
@@ -215,6 +215,33 @@ CASES: list[Case] = [
         lambda w: _coverage(w, w.missing),
         TargetNotFoundError,
         MISSING_REPO,
+    ),
+    # -- a branch that does not exist -------------------------------------------------------
+    Case(
+        "append-missing-branch",
+        write("append", "--branch", "nope"),
+        lambda w: append_flow(
+            Target(repo=w.archive, branch="nope"),
+            LATER,
+            append_dim="time",
+            scheduler_address=w.scheduler,
+        ),
+        TargetError,
+        r"branch 'nope' does not exist in .*\['main'\]",
+    ),
+    Case(
+        "log-missing-branch",
+        read("log", "--branch", "nope"),
+        lambda w: _require_branch(_open(w), Target(repo=w.archive, branch="nope")),
+        TargetError,
+        r"branch 'nope' does not exist in .*\['main'\] \(--branch\)",
+    ),
+    Case(
+        "coverage-missing-branch",
+        read("coverage", "--branch", "nope"),
+        lambda w: _require_branch(_open(w), Target(repo=w.archive, branch="nope")),
+        TargetError,
+        r"branch 'nope' does not exist in .*\['main'\] \(--branch\)",
     ),
     # -- a missing group: only create and backfill may make one -----------------------------
     Case(
