@@ -38,7 +38,8 @@ pytestmark = [
     pytest.mark.filterwarnings("ignore::UserWarning", "ignore::FutureWarning"),
 ]
 
-# modify_flow runs on these (a 360_day cftime file and a packed int16 one)
+# an overlapping append_flow re-run (on_overlap="skip") and modify_flow run on these (a
+# 360_day cftime file and a packed int16 one)
 MODIFY_TOO = {"hadcm3_a1b", "cfradial_raster"}
 
 
@@ -103,6 +104,10 @@ def test_files_through_create_append_region_flows(
     region_flow(target, _part(region_input(ds, dim, repaired), tmp_path / "fix.nc"), region, **run)
     expected = _as_flows_see_it(ds, tmp_path / "expected.nc")
     if corpus_file.key in MODIFY_TOO:
+        # a scheduled re-run of the append: everything is stored, nothing is committed
+        before = _tip(target)
+        again = append_flow(target, rest, append_dim=dim, on_overlap="skip", **run)
+        assert (again.snapshot_id, _tip(target)) == (None, before)
         twice = derived(ds, "derived_twice", 0.0)
         modify_flow(target, _part(twice.to_dataset(), tmp_path / "derived.nc"), **run)
         expected = expected.assign(

@@ -91,13 +91,13 @@ def _values(kind: str, n: int, rng: np.random.Generator, fill: str) -> tuple[Any
         values = (np.datetime64("2001-01-01", "s") + rng.integers(0, 10**6, n)).astype("M8[s]")
         values[1] = values[0] + np.timedelta64(1, "s")
         if fill != "none" and n > 2:
-            values[rng.integers(2, n)] = np.datetime64("NaT")
+            values[rng.integers(2, n)] = np.datetime64("NaT", "s")
         return values, encoding
     if kind == "timedelta":
         values = rng.integers(0, 48, n).astype("m8[h]")
         values[:2] = np.array([1, 2], dtype="m8[h]")
         if fill != "none" and n > 2:
-            values[rng.integers(2, n)] = np.timedelta64("NaT")
+            values[rng.integers(2, n)] = np.timedelta64("NaT", "h")
         return values, encoding
     assert kind == "packed"
     values = np.round(rng.normal(280, 5, size=n), 2)
@@ -128,14 +128,14 @@ def datasets(draw: st.DrawFn) -> xr.Dataset:
         upper = np.concatenate([np.asarray(labels[1:]), [np.asarray(labels)[-1] + width[-1]]])
         bounds = np.stack([np.asarray(labels), upper], axis=1)
         if isinstance(labels, pd.DatetimeIndex) and draw(st.booleans()):
-            bounds[-1, 1] = np.datetime64("NaT")
+            bounds[-1, 1] = np.datetime64("NaT", "s")
         ds["time_bnds"] = (("time", "bnds"), bounds)
         ds.time.attrs["bounds"] = "time_bnds"
     if isinstance(labels, pd.DatetimeIndex) and draw(st.booleans()):
         # a non-index time coordinate with a missing value
         valid = np.asarray(labels) + np.timedelta64(3, "h")
         if n > 2:
-            valid[rng.integers(2, n)] = np.datetime64("NaT")
+            valid[rng.integers(2, n)] = np.datetime64("NaT", "s")
         ds = ds.assign_coords(valid_time=("time", valid))
     return ds
 
