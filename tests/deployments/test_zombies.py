@@ -1,7 +1,8 @@
 """Zombie runs on a real ``prefect server start``: a SIGKILLed run is marked Crashed.
 
-The automation (deployments/zombies.py) is test-scaled here: a run is a zombie 8 s after
-its last heartbeat instead of 90 s. Prefect sends a run's first heartbeat as it starts,
+The automation (deployments/zombies.py) is test-scaled here: a run is a zombie 10 s after
+its last heartbeat instead of 90 s (10 s is Prefect 3.9's minimum `within` for a
+proactive trigger). Prefect sends a run's first heartbeat as it starts,
 so a run killed a few seconds in has sent exactly one.
 """
 
@@ -34,7 +35,7 @@ from tests.flows.test_resume import FIRST_DAY
 
 pytestmark = pytest.mark.slow
 
-WITHIN = dt.timedelta(seconds=8)
+WITHIN = dt.timedelta(seconds=10)
 
 
 @pytest.fixture
@@ -44,7 +45,7 @@ def automation(prefect_server: str) -> Iterator[UUID]:
         try:
             yield automation_id
         finally:
-            # a zombie after 8 s would crash the session's other, live, runs
+            # a zombie after 10 s would crash the session's other, live, runs
             with get_client(sync_client=True) as client:
                 client.delete_automation(automation_id)
 
