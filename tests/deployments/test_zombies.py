@@ -20,6 +20,7 @@ from uuid import UUID
 
 import icechunk
 import pytest
+from distributed import LocalCluster
 from prefect.client.orchestration import get_client
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -59,11 +60,12 @@ def test_ensure_zombie_automation_is_idempotent(automation: UUID, prefect_server
 
 
 def test_a_killed_run_is_marked_crashed_after_its_heartbeats_stop(
-    automation: UUID, prefect_server: str, tmp_path: Path, scheduler_address: str
+    automation: UUID, prefect_server: str, tmp_path: Path, local_cluster: LocalCluster
 ) -> None:
+    # local_cluster, not tests/flows' scheduler_address fixture: that one is not visible here
     target = Target(repo=str(tmp_path / "repo"))
     with temporary_settings({PREFECT_API_URL: prefect_server}):
-        create_flow(target, FIRST_DAY, scheduler_address=scheduler_address)
+        create_flow(target, FIRST_DAY, scheduler_address=str(local_cluster.scheduler_address))
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(target.repo))
     before = tip(repo)
     at = tmp_path / "at.json"
