@@ -122,7 +122,7 @@ def _cancel_when_cancelling(run_id: object) -> None:
                 break
     try:
         # What a runner's cancel tells the engine before its SIGTERM: the run then ends
-        # Cancelled, not Crashed. Private in Prefect 3.8; without it the run is Crashed.
+        # Cancelled, not Crashed. Private in Prefect 3.8 and 3.9; without it the run is Crashed.
         from prefect._internal.control_listener import _set_intent
 
         _set_intent("cancel")
