@@ -63,6 +63,7 @@ def ensure_lifeline() -> None:
     if os.environ.get(LIFELINE_ENV, "1").lower() in ("0", "false", "no", "off"):
         return
     _watch_cancellation()
+    _arm_stop_deadline()
     with _lock:
         if _started_for == os.getpid() and _process is not None and _process.poll() is None:
             return
@@ -83,6 +84,38 @@ def ensure_lifeline() -> None:
         ready, _, _ = select.select([_process.stdout], [], [], 10.0)
         if ready:
             _process.stdout.read(1)
+
+
+def _interactive() -> bool:
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or "IPython" in sys.modules
+
+
+def _arm_stop_deadline() -> None:
+    """Make a SIGTERM end the process within CANCEL_GRACE_SECONDS, as a runner would.
+
+    Prefect's handler (installed for the run) turns SIGTERM into TerminationSignal and
+    the run unwinds, but closing a busy LocalCluster alone waits 4 s and a loaded host
+    took longer than a pod's patience. Wrapping that handler arms a timer that SIGKILLs
+    the process if it is still there after the grace period; the watchdog then ends its
+    children, and nothing of the run was published either way.
+    """
+    if threading.current_thread() is not threading.main_thread() or _interactive():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if not callable(current) or getattr(current, "_icefloe_deadline", False):
+        return
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(target=_kill_after_grace, name="icefloe-stop", daemon=True).start()
+        current(signum, frame)  # type: ignore[arg-type]
+
+    stop._icefloe_deadline = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _kill_after_grace() -> None:
+    time.sleep(CANCEL_GRACE_SECONDS)
+    os.kill(os.getpid(), signal.SIGKILL)
 
 
 def _watch_cancellation() -> None:
@@ -132,7 +165,7 @@ def _cancel_when_cancelling(run_id: object) -> None:
     # thread's blocking wait for the cluster, and Prefect turns it into TerminationSignal,
     # which unwinds the run: its session discarded, its lock released, its cluster closed.
     os.kill(os.getpid(), signal.SIGTERM)
-    if hasattr(sys, "ps1") or sys.flags.interactive or "IPython" in sys.modules:
+    if _interactive():
         return  # a notebook or a REPL: the run is stopped, the session lives on
     time.sleep(CANCEL_GRACE_SECONDS)
     # Still here: record the outcome the engine had no time to, then end it as a runner
