@@ -51,6 +51,7 @@ CANCEL_POLL_SECONDS = 1.0
 # Prefect's queues and stops its temporary server); the watchdog cleans up after it.
 CANCEL_GRACE_SECONDS = 5.0
 _watched_runs: set[str] = set()
+_cancel_requested = threading.Event()  # a SIGTERM of ours: record Cancelled, not Crashed
 
 _lock = threading.Lock()
 _started_for: int | None = None  # the pid that started it: a forked child needs its own
@@ -105,17 +106,44 @@ def _arm_stop_deadline() -> None:
     if not callable(current) or getattr(current, "_icefloe_deadline", False):
         return
 
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run_id = context.flow_run.id if context is not None and context.flow_run else None
+
     def stop(signum: int, frame: object) -> None:
-        threading.Thread(target=_kill_after_grace, name="icefloe-stop", daemon=True).start()
+        threading.Thread(
+            target=_kill_after_grace, args=(run_id,), name="icefloe-stop", daemon=True
+        ).start()
         current(signum, frame)  # type: ignore[arg-type]
 
     stop._icefloe_deadline = True  # type: ignore[attr-defined]
     signal.signal(signal.SIGTERM, stop)
 
 
-def _kill_after_grace() -> None:
+def _kill_after_grace(run_id: object) -> None:
     time.sleep(CANCEL_GRACE_SECONDS)
+    if run_id is not None:
+        # the outcome the engine had no time to record; at most 2 s more
+        recorder = threading.Thread(target=_record_crash, args=(run_id,), daemon=True)
+        recorder.start()
+        recorder.join(2.0)
     os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _record_crash(run_id: object) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Crashed
+
+    outcome = (
+        Cancelled(message="Flow run was cancelled (its process was stopped).")
+        if _cancel_requested.is_set()
+        else Crashed(message="Terminated (SIGTERM); the branch was not changed.")
+    )
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
+        if state is None or not state.is_final():
+            client.set_flow_run_state(run_id, outcome, force=True)  # type: ignore[arg-type]
 
 
 def _watch_cancellation() -> None:
@@ -161,6 +189,7 @@ def _cancel_when_cancelling(run_id: object) -> None:
         _set_intent("cancel")
     except ImportError:
         pass
+    _cancel_requested.set()
     # SIGTERM, not an exception in this thread: only a signal interrupts the main
     # thread's blocking wait for the cluster, and Prefect turns it into TerminationSignal,
     # which unwinds the run: its session discarded, its lock released, its cluster closed.
