@@ -51,11 +51,20 @@ def heartbeat_environment() -> dict[str, str]:
 
 
 def zombie_automation(
-    within: dt.timedelta | None = None, flows: str = "icefloe-*"
+    within: dt.timedelta | None = None, flows: str = "icefloe-*", deployments_only: bool = True
 ) -> AutomationCore:
     """An automation that marks a run of the ``flows`` (a name, ``*`` wildcards allowed)
     Crashed when no event of it followed a heartbeat ``within`` (default: three
-    heartbeat intervals)."""
+    heartbeat intervals).
+
+    ``deployments_only``: only runs of deployments, which ``icefloe serve`` and
+    deployments/prefect.yaml start with 30 s heartbeats. A script calling a flow directly
+    against the server sends them at Prefect's default (every 180 s): a 90 s window would
+    mark its long runs Crashed while they still work.
+    """
+    related = [{"prefect.resource.role": "flow", "prefect.resource.name": flows}]
+    if deployments_only:
+        related.append({"prefect.resource.role": "deployment"})
     if within is None:
         heartbeat = int(heartbeat_environment()[HEARTBEAT_ENV])
         within = dt.timedelta(seconds=MISSED_HEARTBEATS * heartbeat)
@@ -67,7 +76,7 @@ def zombie_automation(
             after={"prefect.flow-run.heartbeat"},
             expect={"prefect.flow-run.*"},
             match={"prefect.resource.id": "prefect.flow-run.*"},
-            match_related={"prefect.resource.role": "flow", "prefect.resource.name": flows},
+            match_related=related,  # type: ignore[arg-type]  # every one must match
             for_each={"prefect.resource.id"},
             posture=Posture.Proactive,
             threshold=1,
@@ -83,9 +92,11 @@ def zombie_automation(
     )
 
 
-def ensure_zombie_automation(within: dt.timedelta | None = None) -> UUID:
-    """Create the automation, or update it to ``within``; returns its id (idempotent)."""
-    wanted = zombie_automation(within)
+def ensure_zombie_automation(
+    within: dt.timedelta | None = None, deployments_only: bool = True
+) -> UUID:
+    """Create the automation, or update it to these settings; returns its id (idempotent)."""
+    wanted = zombie_automation(within, deployments_only=deployments_only)
     with get_client(sync_client=True) as client:
         existing = client.read_automations_by_name(AUTOMATION_NAME)
         if not existing:

@@ -51,6 +51,7 @@ CANCEL_POLL_SECONDS = 1.0
 # Prefect's queues and stops its temporary server); the watchdog cleans up after it.
 CANCEL_GRACE_SECONDS = 5.0
 _watched_runs: set[str] = set()
+_cancel_requested = threading.Event()  # a SIGTERM of ours: record Cancelled, not Crashed
 
 _lock = threading.Lock()
 _started_for: int | None = None  # the pid that started it: a forked child needs its own
@@ -63,6 +64,7 @@ def ensure_lifeline() -> None:
     if os.environ.get(LIFELINE_ENV, "1").lower() in ("0", "false", "no", "off"):
         return
     _watch_cancellation()
+    _arm_stop_deadline()
     with _lock:
         if _started_for == os.getpid() and _process is not None and _process.poll() is None:
             return
@@ -83,6 +85,65 @@ def ensure_lifeline() -> None:
         ready, _, _ = select.select([_process.stdout], [], [], 10.0)
         if ready:
             _process.stdout.read(1)
+
+
+def _interactive() -> bool:
+    return hasattr(sys, "ps1") or bool(sys.flags.interactive) or "IPython" in sys.modules
+
+
+def _arm_stop_deadline() -> None:
+    """Make a SIGTERM end the process within CANCEL_GRACE_SECONDS, as a runner would.
+
+    Prefect's handler (installed for the run) turns SIGTERM into TerminationSignal and
+    the run unwinds, but closing a busy LocalCluster alone waits 4 s and a loaded host
+    took longer than a pod's patience. Wrapping that handler arms a timer that SIGKILLs
+    the process if it is still there after the grace period; the watchdog then ends its
+    children, and nothing of the run was published either way.
+    """
+    if threading.current_thread() is not threading.main_thread() or _interactive():
+        return
+    current = signal.getsignal(signal.SIGTERM)
+    if not callable(current) or getattr(current, "_icefloe_deadline", False):
+        return
+
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    run_id = context.flow_run.id if context is not None and context.flow_run else None
+
+    def stop(signum: int, frame: object) -> None:
+        threading.Thread(
+            target=_kill_after_grace, args=(run_id,), name="icefloe-stop", daemon=True
+        ).start()
+        current(signum, frame)  # type: ignore[arg-type]
+
+    stop._icefloe_deadline = True  # type: ignore[attr-defined]
+    signal.signal(signal.SIGTERM, stop)
+
+
+def _kill_after_grace(run_id: object) -> None:
+    time.sleep(CANCEL_GRACE_SECONDS)
+    if run_id is not None:
+        # the outcome the engine had no time to record; at most 2 s more
+        recorder = threading.Thread(target=_record_crash, args=(run_id,), daemon=True)
+        recorder.start()
+        recorder.join(2.0)
+    os.kill(os.getpid(), signal.SIGKILL)
+
+
+def _record_crash(run_id: object) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.states import Cancelled, Crashed
+
+    outcome = (
+        Cancelled(message="Flow run was cancelled (its process was stopped).")
+        if _cancel_requested.is_set()
+        else Crashed(message="Terminated (SIGTERM); the branch was not changed.")
+    )
+    with contextlib.suppress(Exception), get_client(sync_client=True) as client:
+        state = client.read_flow_run(run_id).state  # type: ignore[arg-type]
+        if state is None or not state.is_final():
+            client.set_flow_run_state(run_id, outcome, force=True)  # type: ignore[arg-type]
 
 
 def _watch_cancellation() -> None:
@@ -128,11 +189,12 @@ def _cancel_when_cancelling(run_id: object) -> None:
         _set_intent("cancel")
     except ImportError:
         pass
+    _cancel_requested.set()
     # SIGTERM, not an exception in this thread: only a signal interrupts the main
     # thread's blocking wait for the cluster, and Prefect turns it into TerminationSignal,
     # which unwinds the run: its session discarded, its lock released, its cluster closed.
     os.kill(os.getpid(), signal.SIGTERM)
-    if hasattr(sys, "ps1") or sys.flags.interactive or "IPython" in sys.modules:
+    if _interactive():
         return  # a notebook or a REPL: the run is stopped, the session lives on
     time.sleep(CANCEL_GRACE_SECONDS)
     # Still here: record the outcome the engine had no time to, then end it as a runner

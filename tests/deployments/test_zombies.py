@@ -42,7 +42,8 @@ WITHIN = dt.timedelta(seconds=10)
 @pytest.fixture
 def automation(prefect_server: str) -> Iterator[UUID]:
     with temporary_settings({PREFECT_API_URL: prefect_server}):
-        automation_id = ensure_zombie_automation(within=WITHIN)
+        # the run below is called directly, not through a deployment
+        automation_id = ensure_zombie_automation(within=WITHIN, deployments_only=False)
         try:
             yield automation_id
         finally:
@@ -53,10 +54,10 @@ def automation(prefect_server: str) -> Iterator[UUID]:
 
 def test_ensure_zombie_automation_is_idempotent(automation: UUID, prefect_server: str) -> None:
     with temporary_settings({PREFECT_API_URL: prefect_server}):
-        assert ensure_zombie_automation(within=WITHIN) == automation
+        assert ensure_zombie_automation(within=WITHIN, deployments_only=False) == automation
         with get_client(sync_client=True) as client:
             (stored,) = client.read_automations_by_name(AUTOMATION_NAME)
-    assert stored.trigger == zombie_automation(WITHIN).trigger
+    assert stored.trigger == zombie_automation(WITHIN, deployments_only=False).trigger
 
 
 def test_a_killed_run_is_marked_crashed_after_its_heartbeats_stop(
