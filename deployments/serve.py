@@ -15,11 +15,13 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 import os
 import re
 from typing import Any
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
@@ -101,8 +103,13 @@ def build_deployments(
                 **({"start": start.isoformat()} if start is not None else {}),
             },
             enforce_parameter_schema=True,
-            # a run that starts late catches up on its own: later ones wait, never pile up
-            concurrency_limit=1,
+            # A run catches up everything up to its scheduled time, so a run scheduled while
+            # another is still going has nothing of its own to do: it is cancelled at once.
+            # (Enqueued, each one sat in AwaitingConcurrencySlot and the runner logged
+            # "Aborted submission ... non-pending state 'SCHEDULED'" every poll.)
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+            ),
             **schedule,
         ),
         write_flow.to_deployment(
@@ -170,6 +177,9 @@ def serve_deployments(*, verbose: bool = False, **kwargs: Any) -> None:
     os.environ.update(heartbeat_environment())
     if not verbose:
         os.environ.update(quiet_run_environment())
+        # One INFO line per scheduled run cancelled because the previous one was still
+        # going (by design, see concurrency_limit above); the UI shows those runs.
+        logging.getLogger("prefect.runner.state_proposer").setLevel(logging.WARNING)
     ensure_zombie_automation()
     serve(*deployments)
 

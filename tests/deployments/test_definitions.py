@@ -31,14 +31,19 @@ def _from_yaml() -> dict[str, dict[str, Any]]:
             "triggered": bool(d.get("triggers")),
             "enforced": bool(d.get("enforce_parameter_schema")),
             "concurrency_limit": d.get("concurrency_limit"),
+            "automations": [
+                {"name": t["name"], "resource": t["match"]["prefect.resource.id"]}
+                for t in d.get("triggers", [])
+            ],
         }
         for d in spec["deployments"]
     }
 
 
 def _from_serve() -> dict[str, dict[str, Any]]:
+    # the yaml's example archive: s3://my-bucket/archives/era5.icechunk
     deployments = build_deployments(
-        target=Target(repo="/tmp/archive"), source=SyntheticSource(), interval=3600
+        target=Target(repo="/tmp/era5.icechunk"), source=SyntheticSource(), interval=3600
     )
     described = {}
     for d in deployments:
@@ -48,7 +53,17 @@ def _from_serve() -> dict[str, dict[str, Any]]:
             "scheduled": bool(d.schedules),
             "triggered": bool(d.triggers),
             "enforced": bool(d.enforce_parameter_schema),
-            "concurrency_limit": getattr(limit, "limit", limit),
+            "concurrency_limit": (
+                {
+                    "limit": limit,
+                    "collision_strategy": d.concurrency_options.collision_strategy.value,
+                }
+                if limit is not None
+                else None
+            ),
+            "automations": [
+                {"name": t.name, "resource": t.match["prefect.resource.id"][0]} for t in d.triggers
+            ],
         }
     return described
 
@@ -58,3 +73,27 @@ def test_prefect_yaml_and_serve_define_the_same_deployments() -> None:
 
     assert set(from_yaml) == {"append-scheduled", "write", "backfill", "maintenance"}
     assert from_yaml == from_serve
+
+
+def test_the_backfill_automation_is_named_described_and_scoped_to_its_archive() -> None:
+    (backfill,) = [
+        d
+        for d in build_deployments(
+            target=Target(repo="s3://bucket/x/era5.icechunk"),
+            source=SyntheticSource(),
+            group="surface",
+            interval=60,
+        )
+        if d.name == "backfill"
+    ]
+    (trigger,) = backfill.triggers
+    assert trigger.name == "icefloe: backfill era5 on request"
+    assert "icefloe.archive.era5" in (trigger.description or "")
+    assert trigger.match["prefect.resource.id"] == ["icefloe.archive.era5"]
+    # an event without freq or group gets the deployment's own, not an empty string
+    assert trigger.parameters == {
+        "start": "{{ event.payload.start }}",
+        "end": "{{ event.payload.end }}",
+        "freq": '{{ event.payload.freq or "1D" }}',
+        "group": '{{ event.payload.group or "surface" }}',
+    }
