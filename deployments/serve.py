@@ -88,8 +88,15 @@ def build_deployments(
     """The four deployments, pointed at ``target`` and ``source``."""
     if (interval is None) == (cron is None):
         raise ValueError("give the scheduled append either --interval SECONDS or --cron EXPR")
-    common: dict[str, Any] = {"target": target.model_dump(), "source": source.model_dump()}
-    where = {"group": group, "scheduler_address": scheduler_address}
+    # Unset values are left out, not sent as null: Prefect checks a deployment's parameters
+    # against the published schema, where optional fields are plain fields (flows/forms.py).
+    common: dict[str, Any] = {
+        "target": target.model_dump(exclude_none=True),
+        "source": source.model_dump(exclude_none=True),
+    }
+    where = {
+        k: v for k, v in {"group": group, "scheduler_address": scheduler_address}.items() if v
+    }
     schedule: dict[str, Any] = (
         {"interval": dt.timedelta(seconds=interval)} if interval is not None else {"cron": cron}
     )
@@ -123,7 +130,7 @@ def build_deployments(
         ),
         maintenance_flow.to_deployment(
             name="maintenance",
-            parameters={"target": target.model_dump()},
+            parameters={"target": common["target"]},
             cron=WEEKLY,
             enforce_parameter_schema=True,
         ),

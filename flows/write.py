@@ -97,7 +97,7 @@ class RunOptions(BaseModel):
     )
     publish: Literal["direct", "staged"] = Field(
         default="direct",
-        description="'staged' commits to the branch icefloe/<run id> first, audits that "
+        description="'staged' commits to the branch icefloe/RUN-ID first, audits that "
         "commit, then moves the target branch to it (write-audit-publish).",
     )
     max_nan_fraction: float | None = Field(
