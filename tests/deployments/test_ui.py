@@ -153,7 +153,8 @@ def test_the_ui_shows_typed_forms_and_named_runs_with_their_artifacts(
         timeout=10,
     ).json()
 
-    page = browser.new_page(viewport={"width": 1400, "height": 1000})
+    # tall enough that a screenshot shows source's tabs and fields below target
+    page = browser.new_page(viewport={"width": 1400, "height": 1800})
     page.goto(f"{ui_server}/deployments/deployment/{ids['write']}/run")
     page.get_by_text("Synthetic weather").first.wait_for(timeout=60_000)
     for kind in ("Files", "Zarr", "Icechunk", "Python function", "Synthetic weather"):
@@ -213,6 +214,7 @@ def test_the_ui_shows_typed_forms_and_named_runs_with_their_artifacts(
         },
     )
     assert page.get_by_text("Select date and time").count() == 2  # date pickers
+    _property(page, "source").scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOTS / "backfill-form.png"))
 
     assert append["name"].startswith("append live → ")
