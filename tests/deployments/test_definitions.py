@@ -3,15 +3,19 @@ deployments: the same names, flows, kinds of trigger and limits."""
 
 from __future__ import annotations
 
+import datetime as dt
 import importlib
 from pathlib import Path
 from typing import Any
 
+import pandas as pd
+import pytest
 import yaml
 
 from deployments.serve import build_deployments
-from flows.sources import SyntheticSource
+from flows.sources import FilesSource, SyntheticSource
 from flows.targets import Target
+from tasks.writer import to_icechunk
 
 PREFECT_YAML = Path(__file__).parents[2] / "deployments" / "prefect.yaml"
 
@@ -97,3 +101,45 @@ def test_the_backfill_automation_is_named_described_and_scoped_to_its_archive() 
         "freq": '{{ event.payload.freq or "1D" }}',
         "group": '{{ event.payload.group or "surface" }}',
     }
+
+
+def test_serve_says_what_a_first_run_writes_and_start_shortens_it(tmp_path: Path) -> None:
+    from deployments.serve import what_runs_will_do
+    from flows.scheduled import first_run_preview
+
+    now = dt.datetime(2026, 12, 1, 13, 30, tzinfo=dt.UTC)
+    # the synthetic source starts in 2020: every hour since then, said before it happens
+    hours = len(pd.date_range("2020-01-01", "2026-12-01 13:00", freq="1h"))
+    preview = first_run_preview(SyntheticSource(), now)
+    assert f"writes {hours:,} labels (2020-01-01 00:00:00 … 2026-12-01 13:00:00" in preview
+    assert "--start" in preview
+    later = first_run_preview(SyntheticSource(ny=2, nx=2), now, dt.datetime(2026, 12, 1, 10, 30))
+    assert (
+        "writes 3 labels (2026-12-01 11:00:00 … 2026-12-01 13:00:00, every 1h, about 192 B)"
+        in later
+    )
+    # a kind that cannot count its labels without opening them says its window
+    files = FilesSource(paths=["in/*.nc"])
+    assert "from the source's first label up to 2026-12-01 13:30:00" in first_run_preview(
+        files, now
+    )
+
+    target = Target(repo=str(tmp_path / "archive"))
+    (first, event) = what_runs_will_do(target, SyntheticSource(), now=now)
+    assert "the first run creates the group and writes" in first
+    assert "--resource-id icefloe.archive.archive" in event
+    session = target.open_repository(create=True).writable_session("main")
+    to_icechunk(SyntheticSource(start="2026-12-01", periods=3, ny=2, nx=2).open(), session)
+    session.commit("three labels")
+    (next_run, _) = what_runs_will_do(target, SyntheticSource(), now=now)
+    assert "appends the labels after 2026-12-01 02:00:00" in next_run
+
+
+def test_served_runs_keep_chatter_off_the_console_unless_asked(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from deployments.serve import quiet_run_environment
+
+    monkeypatch.delenv("DASK_LOGGING__DISTRIBUTED", raising=False)
+    monkeypatch.setenv("ICECHUNK_LOG", "debug")  # the user's choice wins
+    assert quiet_run_environment() == {"DASK_LOGGING__DISTRIBUTED": "warning"}

@@ -22,10 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import icechunk
 import pandas as pd
 import pytest
 from distributed import LocalCluster
 
+from tests.conftest import read_back
 from tests.deployments.conftest import served, stop, wait_until
 
 pytestmark = pytest.mark.slow
@@ -175,6 +177,10 @@ def test_the_ui_shows_typed_forms_and_named_runs_with_their_artifacts(
     # first commit would conflict at its root group
     append = wait_until(lambda: _finished(ui_server, scheduled["id"]), 150, "the append", every=1)
     assert append["state_type"] == "COMPLETED", append["state"]
+    live = icechunk.Repository.open(
+        icechunk.local_filesystem_storage(str(serving["home"] / "live"))
+    )
+    assert read_back(live).sizes["time"] == 3  # from --start, not from the source's start
 
     # a run from the form: create the group "ui" of the served archive
     mode = _property(page, "mode").locator("button.p-select-button__control")
