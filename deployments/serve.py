@@ -69,8 +69,9 @@ def backfill_trigger(target: Target, group: str | None) -> DeploymentEventTrigge
         parameters={
             "start": "{{ event.payload.start }}",
             "end": "{{ event.payload.end }}",
-            "freq": "{{ event.payload.freq or " + json.dumps(BACKFILL_FREQ) + " }}",
-            "group": "{{ event.payload.group or " + json.dumps(group or "") + " }}",
+            # parenthesised: Prefect appends "| tojson", which binds tighter than "or"
+            "freq": "{{ (event.payload.freq or " + json.dumps(BACKFILL_FREQ) + ") }}",
+            "group": "{{ (event.payload.group or " + json.dumps(group or "") + ") }}",
         },
     )
 

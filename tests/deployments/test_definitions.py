@@ -98,8 +98,8 @@ def test_the_backfill_automation_is_named_described_and_scoped_to_its_archive() 
     assert trigger.parameters == {
         "start": "{{ event.payload.start }}",
         "end": "{{ event.payload.end }}",
-        "freq": '{{ event.payload.freq or "1D" }}',
-        "group": '{{ event.payload.group or "surface" }}',
+        "freq": '{{ (event.payload.freq or "1D") }}',
+        "group": '{{ (event.payload.group or "surface") }}',
     }
 
 
