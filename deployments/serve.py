@@ -95,9 +95,7 @@ def build_deployments(
         "target": target.model_dump(exclude_none=True),
         "source": source.model_dump(exclude_none=True),
     }
-    where = {
-        k: v for k, v in {"group": group, "scheduler_address": scheduler_address}.items() if v
-    }
+    where = {k: v for k, v in {"group": group, "scheduler_address": scheduler_address}.items() if v}
     schedule: dict[str, Any] = (
         {"interval": dt.timedelta(seconds=interval)} if interval is not None else {"cron": cron}
     )
