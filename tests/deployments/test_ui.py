@@ -1,7 +1,8 @@
 """The Prefect UI as an operator sees it, in a real browser (Debian's chromium, headless).
 
 Against ``prefect server start`` (its UI on) and ``icefloe serve``: the write and backfill
-run forms show typed, described fields for target and source; a run submitted from the
+run forms show typed, described fields for target and source (the write form in the
+newer /v2 UI too); a run submitted from the
 write form is named after what it does, tagged, and leaves its summary artifact; a
 scheduled append leaves the coverage artifacts. Screenshots go to docs/ui/ (the README
 shows them).
@@ -172,6 +173,16 @@ def test_the_ui_shows_typed_forms_and_named_runs_with_their_artifacts(
     )
     assert page.get_by_text("auto: placed by the source's labels").count() == 1
     page.screenshot(path=str(SCREENSHOTS / "write-form.png"))
+
+    # the newer UI (served under /v2) renders the same schema as the same fields
+    page.goto(f"{ui_server}/v2/deployments/deployment/{ids['write']}/run")
+    page.get_by_text("Synthetic weather").first.wait_for(timeout=60_000)
+    text = page.inner_text("body")
+    for expected in (*TARGET_AND_SOURCE.values(), "Files", "Zarr", "Python function"):
+        assert expected in text, f"the V2 form lacks {expected!r}"
+    assert not [problem for problem in FORM_PROBLEMS if problem in text]
+    page.goto(f"{ui_server}/deployments/deployment/{ids['write']}/run")
+    page.get_by_text("Synthetic weather").first.wait_for(timeout=60_000)
 
     # the scheduled append creates the archive first: a create racing the archive's very
     # first commit would conflict at its root group
