@@ -2,7 +2,8 @@
 
     append-scheduled  every interval (or cron), append what the source has up to now
     write             ad-hoc writes from the Prefect UI, parameters as a typed form
-    backfill          manual, CLI, or an event: icefloe.backfill.requested
+    backfill          manual, CLI, or an event: icefloe.backfill.requested about this
+                      archive (resource id icefloe.archive.<archive name>)
     maintenance       weekly: expire old snapshots and collect garbage
 
 Parameters are enforced against the flows' schemas, so a wrong value from the UI or
@@ -13,23 +14,66 @@ automation marks a run whose heartbeats stopped Crashed (deployments/zombies.py)
 from __future__ import annotations
 
 import datetime as dt
+import json
+import logging
 import os
+import re
 from typing import Any
 
 from prefect import serve
+from prefect.client.schemas.objects import ConcurrencyLimitConfig, ConcurrencyLimitStrategy
 from prefect.deployments.runner import RunnerDeployment
 from prefect.events import DeploymentEventTrigger
 
 from deployments.zombies import ensure_zombie_automation, heartbeat_environment
 from flows.backfill import backfill_flow
+from flows.credentials import load_credentials
+from flows.forms import form_properties
 from flows.maintenance import maintenance_flow
-from flows.scheduled import scheduled_append_flow
+from flows.naming import archive_name
+from flows.scheduled import first_run_preview, last_label, scheduled_append_flow
 from flows.sources import SourceModel
 from flows.targets import Target
 from flows.write import write_flow
+from tasks.errors import TargetNotFoundError
 
 BACKFILL_EVENT = "icefloe.backfill.requested"
+BACKFILL_FREQ = "1D"  # backfill_flow's default window, for events that name none
 WEEKLY = "0 3 * * 0"  # Sundays 03:00 UTC, when most archives are quiet
+
+
+def archive_resource_id(target: Target) -> str:
+    """The event resource id of ``target``'s archive: ``icefloe.archive.era5`` for
+    ``s3://bucket/era5.icechunk``. An event about one archive starts that archive's backfill
+    only, never that of every archive served on the same Prefect server."""
+    name = archive_name(target.repo).removesuffix(".icechunk")
+    return f"icefloe.archive.{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
+
+
+def backfill_trigger(target: Target, group: str | None) -> DeploymentEventTrigger:
+    """The automation that runs the backfill when an event about this archive asks for it.
+
+    ``freq`` and ``group`` are optional in the event: an absent one renders as this
+    deployment's own value (Jinja's ``or``), never as an empty string the flow would refuse.
+    """
+    resource = archive_resource_id(target)
+    return DeploymentEventTrigger(
+        name=f"icefloe: backfill {resource.removeprefix('icefloe.archive.')} on request",
+        description=(
+            f"Runs the backfill deployment of {target.describe()} when an {BACKFILL_EVENT} "
+            f"event about {resource} arrives; its payload gives start and end (ISO times) "
+            f"and optionally freq (default {BACKFILL_FREQ}) and group."
+        ),
+        expect={BACKFILL_EVENT},
+        match={"prefect.resource.id": resource},
+        parameters={
+            "start": "{{ event.payload.start }}",
+            "end": "{{ event.payload.end }}",
+            # parenthesised: Prefect appends "| tojson", which binds tighter than "or"
+            "freq": "{{ (event.payload.freq or " + json.dumps(BACKFILL_FREQ) + ") }}",
+            "group": "{{ (event.payload.group or " + json.dumps(group or "") + ") }}",
+        },
+    )
 
 
 def build_deployments(
@@ -40,30 +84,38 @@ def build_deployments(
     interval: float | None = None,
     cron: str | None = None,
     scheduler_address: str | None = None,
+    start: dt.datetime | None = None,
 ) -> list[RunnerDeployment]:
     """The four deployments, pointed at ``target`` and ``source``."""
     if (interval is None) == (cron is None):
         raise ValueError("give the scheduled append either --interval SECONDS or --cron EXPR")
-    common: dict[str, Any] = {"target": target.model_dump(), "source": source.model_dump()}
-    where = {"group": group, "scheduler_address": scheduler_address}
+    # Unset values are left out, not sent as null: Prefect checks a deployment's parameters
+    # against the published schema, where optional fields are plain fields (flows/forms.py).
+    common: dict[str, Any] = {
+        "target": target.model_dump(exclude_none=True),
+        "source": source.model_dump(exclude_none=True),
+    }
+    where = {k: v for k, v in {"group": group, "scheduler_address": scheduler_address}.items() if v}
     schedule: dict[str, Any] = (
         {"interval": dt.timedelta(seconds=interval)} if interval is not None else {"cron": cron}
     )
-    backfill_trigger = DeploymentEventTrigger(
-        expect={BACKFILL_EVENT},
-        parameters={
-            "start": "{{ event.payload.start }}",
-            "end": "{{ event.payload.end }}",
-            "freq": "{{ event.payload.freq }}",
-        },
-    )
-    return [
+    deployments = [
         scheduled_append_flow.to_deployment(
             name="append-scheduled",
-            parameters={**common, **where, "append_dim": append_dim},
+            parameters={
+                **common,
+                **where,
+                "append_dim": append_dim,
+                **({"start": start.isoformat()} if start is not None else {}),
+            },
             enforce_parameter_schema=True,
-            # a run that starts late catches up on its own: later ones wait, never pile up
-            concurrency_limit=1,
+            # A run catches up everything up to its scheduled time, so a run scheduled while
+            # another is still going has nothing of its own to do: it is cancelled at once.
+            # (Enqueued, each one sat in AwaitingConcurrencySlot and the runner logged
+            # "Aborted submission ... non-pending state 'SCHEDULED'" every poll.)
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+            ),
             **schedule,
         ),
         write_flow.to_deployment(
@@ -73,21 +125,81 @@ def build_deployments(
             name="backfill",
             parameters={**common, **where, "append_dim": append_dim},
             enforce_parameter_schema=True,
-            triggers=[backfill_trigger],
+            triggers=[backfill_trigger(target, group)],
         ),
         maintenance_flow.to_deployment(
             name="maintenance",
-            parameters={"target": target.model_dump()},
+            parameters={"target": common["target"]},
             cron=WEEKLY,
             enforce_parameter_schema=True,
         ),
     ]
+    for deployment in deployments:
+        # The flows' optional parameters are published without their null branch (a form
+        # field, not a "None" tab: flows/forms.py); without "default": null as well, the
+        # server's parameter check still takes an explicit null for them.
+        form_properties({"properties": deployment._parameter_openapi_schema.properties})
+    return deployments
 
 
-def serve_deployments(**kwargs: Any) -> None:
+def what_runs_will_do(
+    target: Target,
+    source: SourceModel,
+    group: str | None = None,
+    append_dim: str = "time",
+    start: dt.datetime | None = None,
+    now: dt.datetime | None = None,
+) -> list[str]:
+    """What ``serve`` says before it serves: what the next scheduled run will write, and
+    the event that starts a backfill. A first run against an empty target can write years
+    of data (the synthetic source starts in 2020): the operator reads it here first."""
+    now = now or dt.datetime.now(dt.UTC)
+    try:
+        repo = target.open_repository(credentials=load_credentials(target))
+        last = last_label(repo, target.branch, group, append_dim)
+    except TargetNotFoundError:
+        last = None
+    if last is None:
+        next_run = first_run_preview(source, now, start)
+    else:
+        next_run = f"the next run appends the labels after {last} up to its scheduled time"
+    resource = archive_resource_id(target)
+    return [
+        f"{target.describe()}: {next_run}",
+        f"backfill on an event: prefect event emit {BACKFILL_EVENT} --resource-id {resource} "
+        '--payload \'{"start": "2024-01-01", "end": "2024-02-01"}\'',
+    ]
+
+
+def serve_deployments(*, verbose: bool = False, **kwargs: Any) -> None:
     """Serve the deployments until interrupted."""
     deployments = build_deployments(**kwargs)
+    preview = {
+        k: kwargs[k] for k in ("target", "source", "group", "append_dim", "start") if k in kwargs
+    }
+    for line in what_runs_will_do(**preview):
+        print(line, flush=True)
     # The runs are this process's children and inherit its environment.
     os.environ.update(heartbeat_environment())
+    if not verbose:
+        os.environ.update(quiet_run_environment())
+        # One INFO line per scheduled run cancelled because the previous one was still
+        # going (by design, see concurrency_limit above); the UI shows those runs.
+        logging.getLogger("prefect.runner.state_proposer").setLevel(logging.WARNING)
     ensure_zombie_automation()
     serve(*deployments)
+
+
+def quiet_run_environment() -> dict[str, str]:
+    """What keeps a served run's console to its own log lines (``--verbose`` skips it).
+
+    Every run starts a LocalCluster whose start-up and shutdown log ~70 ``distributed.*``
+    INFO lines, and icechunk warns on each local-filesystem commit that it is not safe for
+    concurrent writers (icefloe's file lock already makes them take turns). Both are
+    by design and say nothing about the run; a value the user set already is kept.
+    """
+    quiet = {
+        "DASK_LOGGING__DISTRIBUTED": "warning",
+        "ICECHUNK_LOG": "error",
+    }
+    return {k: v for k, v in quiet.items() if k not in os.environ}

@@ -21,7 +21,7 @@ import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 from uuid import UUID
 
 import icechunk
@@ -38,6 +38,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
 from flows.credentials import load_credentials
+from flows.forms import FORM
 from flows.lifeline import ensure_lifeline
 from flows.naming import artifact_key, run_name, tag_run
 from flows.parameter_docs import described
@@ -105,10 +106,10 @@ def backfill_flow(
     start: dt.datetime,
     end: dt.datetime,
     freq: str = "1D",
-    group: str | None = None,
+    group: Annotated[str | None, FORM] = None,
     append_dim: str = "time",
     batch: int = 2,
-    scheduler_address: str | None = None,
+    scheduler_address: Annotated[str | None, FORM] = None,
 ) -> BackfillResult:
     """Fill [start, end) along ``append_dim`` from the source, window by window; windows
     that already hold data are left alone, so a re-run fills only what is missing."""

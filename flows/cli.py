@@ -377,8 +377,17 @@ def serve(
     group: GroupOption = None,
     append_dim: Annotated[str, typer.Option(help="The dimension appends extend.")] = "time",
     scheduler_address: SchedulerOption = None,
+    start: Annotated[
+        datetime | None,
+        typer.Option(
+            help="Where the first scheduled run begins while the target is empty (default: "
+            "the source's first label; the synthetic source's is 2020-01-01)."
+        ),
+    ] = None,
 ) -> None:
-    """Serve the deployments (append-scheduled, write, backfill, maintenance) until stopped."""
+    """Serve the deployments (append-scheduled, write, backfill, maintenance) until stopped.
+
+    Before serving it prints what the next scheduled run will write."""
     from deployments.serve import serve_deployments
 
     with _user_errors():
@@ -392,6 +401,8 @@ def serve(
             interval=interval,
             cron=cron,
             scheduler_address=scheduler_address,
+            start=start,
+            verbose=_verbose,
         )
 
 

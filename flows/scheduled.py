@@ -9,6 +9,7 @@ and a run with nothing new makes no commit.
 from __future__ import annotations
 
 import datetime as dt
+from typing import Annotated
 
 import icechunk
 import pandas as pd
@@ -17,19 +18,22 @@ from prefect.logging import get_run_logger
 
 from flows.backfill import publish_coverage
 from flows.credentials import load_credentials
+from flows.forms import FORM
 from flows.naming import run_name
 from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.results import WriteResult
-from flows.sources import Source
+from flows.sources import Source, SourceModel, SyntheticSource
+from flows.sources.synthetic import SYNTHETIC_VARIABLES
 from flows.targets import Target
 from flows.write import RunOptions, append_flow
 from tasks.cluster import task_runner
 from tasks.coverage import coverage
 from tasks.errors import TargetNotFoundError
+from tasks.plan import human_bytes
 from tasks.stored import StoredGroup, normalize_group
 
-__all__ = ["last_label", "scheduled_append_flow"]
+__all__ = ["first_run_preview", "last_label", "scheduled_append_flow"]
 
 
 def last_label(
@@ -47,18 +51,62 @@ def _as_naive_utc(moment: dt.datetime) -> pd.Timestamp:
     return stamp.tz_convert("UTC").tz_localize(None) if stamp.tzinfo else stamp
 
 
+def first_run_preview(
+    source: SourceModel,
+    until: dt.datetime,
+    start: dt.datetime | None = None,
+) -> str:
+    """What a scheduled run does against an empty target, in one sentence.
+
+    A first run writes every source label up to its scheduled time: with the synthetic
+    source's default start (2020) that is years of labels, which an operator should read
+    before it happens, not find out from a 10-minute run. Only the synthetic source knows
+    its labels without being opened; other kinds are described by their window.
+    """
+    end = _as_naive_utc(until)
+    begin = None if start is None else _as_naive_utc(start)
+    if isinstance(source, SyntheticSource) and source.calendar == "standard":
+        origin = pd.Timestamp(source.start)
+        first = origin if begin is None or begin <= origin else begin
+        try:
+            step = pd.Timedelta(pd.tseries.frequencies.to_offset(source.freq))
+        except (ValueError, TypeError):  # months, years: no fixed step to count with
+            step = None
+        if step is not None:
+            # labels are origin + k·step: the first one at or after `first`, up to `end`
+            k0 = -((origin - first) // step)
+            k1 = (end - origin) // step
+            count = max(0, k1 - k0 + 1)
+            size = count * source.ny * source.nx * SYNTHETIC_VARIABLES * 4  # float32
+            return (
+                f"the first run creates the group and writes {count:,} labels "
+                f"({origin + k0 * step} … {origin + k1 * step}, every {source.freq}, about {human_bytes(size)}); "
+                "choose a later start with --start (or the start parameter) to write less"
+            )
+    since = f"from {begin}" if begin is not None else "from the source's first label"
+    return (
+        f"the first run creates the group and writes every source label {since} up to "
+        f"{end}; choose a later start with --start (or the start parameter) to write less"
+    )
+
+
 @flow(name="icefloe-scheduled-append", flow_run_name=run_name, task_runner=task_runner())
 @refusing
 @described(
     scheduled_time="Append up to this time; empty for the run's scheduled start.",
+    start=(
+        "Where the first run begins while the target holds nothing yet; empty for the "
+        "source's first label (the synthetic source's is 2020-01-01: years of data)."
+    ),
 )
 def scheduled_append_flow(
     target: Target,
     source: Source,
     append_dim: str = "time",
-    group: str | None = None,
-    scheduled_time: dt.datetime | None = None,
-    scheduler_address: str | None = None,
+    group: Annotated[str | None, FORM] = None,
+    scheduled_time: Annotated[dt.datetime | None, FORM] = None,
+    scheduler_address: Annotated[str | None, FORM] = None,
+    start: Annotated[dt.datetime | None, FORM] = None,
 ) -> WriteResult:
     """Append the source's labels after the last stored one up to the scheduled time,
     catching up runs that were missed; a run with nothing new makes no commit."""
@@ -70,10 +118,14 @@ def scheduled_append_flow(
     )
     try:
         repo = target.open_repository(credentials=load_credentials(target))
-        start = last_label(repo, target.branch, group, append_dim)
+        after = last_label(repo, target.branch, group, append_dim)
     except TargetNotFoundError:
-        start = None  # a first run creates the repository and the group from the source's start
-    logger.info("scheduled append: labels after %s up to %s", start or "the source's start", until)
+        after = None  # a first run creates the repository and the group from the source's start
+    if after is None:
+        logger.info("scheduled append: %s", first_run_preview(source, until, start))
+        after = None if start is None else _as_naive_utc(start)
+    else:
+        logger.info("scheduled append: labels after %s up to %s", after, until)
     result = append_flow(
         target,
         source,
@@ -82,7 +134,7 @@ def scheduled_append_flow(
         on_overlap="skip",
         scheduler_address=scheduler_address,
         options=RunOptions(),
-        window_start=start,
+        window_start=after,
         window_end=until + pd.Timedelta(1, "ns"),
         # the documented first run: an empty target gets the repository and the group
         create_missing=True,

@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 # load_secret_credentials stays importable from here: forks pickled before it moved refer
 # to it as flows.targets.load_secret_credentials.
 from flows.credentials import load_secret_credentials, read_secret_block, secret_block_auth
+from flows.forms import form_properties
 from tasks.errors import (
     TargetError,
     TargetNotFoundError,
@@ -236,7 +237,12 @@ class Target(BaseModel):
 
     # hide_input_in_errors: a rejected credential must not be echoed into the error, which
     # Prefect logs and stores with the failed run.
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True, title="Target")
+    model_config = ConfigDict(
+        extra="forbid",
+        hide_input_in_errors=True,
+        title="Target",
+        json_schema_extra=form_properties,
+    )
 
     repo: str = Field(
         description=(

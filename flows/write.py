@@ -24,7 +24,7 @@ import time
 import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import icechunk
 import xarray as xr
@@ -36,6 +36,7 @@ from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
 from flows.credentials import load_credentials
+from flows.forms import FORM, Tabs, form_properties
 from flows.lifeline import ensure_lifeline
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
@@ -72,14 +73,17 @@ BATCH_BYTES = 2**30
 
 Encoding = dict[str, dict[str, Any]]
 """Per-variable encoding as JSON carries it (the flows' parameter type)."""
-RegionParameter = Literal["auto"] | dict[str, tuple[int, int] | Literal["auto"]]
+RegionParameter = Annotated[
+    Literal["auto"] | dict[str, tuple[int, int] | Literal["auto"]],
+    Tabs("auto: placed by the source's labels", "per dimension: [start, stop) indices"),
+]
 """A region as JSON can carry it: "auto", or per dimension [start, stop) or "auto"."""
 
 
 class RunOptions(BaseModel):
     """How a run survives being killed, retried and overlapped; the defaults suit most runs."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_properties)
 
     run_key: str | None = Field(
         default=None,
@@ -94,7 +98,7 @@ class RunOptions(BaseModel):
     )
     publish: Literal["direct", "staged"] = Field(
         default="direct",
-        description="'staged' commits to the branch icefloe/<run id> first, audits that "
+        description="'staged' commits to the branch icefloe/RUN-ID first, audits that "
         "commit, then moves the target branch to it (write-audit-publish).",
     )
     max_nan_fraction: float | None = Field(
@@ -130,12 +134,12 @@ class RunOptions(BaseModel):
 def create_flow(
     target: Target,
     source: Source,
-    group: str | None = None,
+    group: Annotated[str | None, FORM] = None,
     overwrite: bool = False,
-    encoding: Encoding | None = None,
+    encoding: Annotated[Encoding | None, FORM] = None,
     dry_run: bool = False,
-    scheduler_address: str | None = None,
-    options: RunOptions | None = None,
+    scheduler_address: Annotated[str | None, FORM] = None,
+    options: Annotated[RunOptions | None, FORM] = None,
 ) -> WriteResult:
     """Create the group from the source (creating the repository if needed)."""
     mode: WriteMode = "overwrite" if overwrite else "create"
@@ -155,12 +159,12 @@ def create_flow(
 def modify_flow(
     target: Target,
     source: Source,
-    group: str | None = None,
+    group: Annotated[str | None, FORM] = None,
     only_new_vars: bool = False,
-    encoding: Encoding | None = None,
+    encoding: Annotated[Encoding | None, FORM] = None,
     dry_run: bool = False,
-    scheduler_address: str | None = None,
-    options: RunOptions | None = None,
+    scheduler_address: Annotated[str | None, FORM] = None,
+    options: Annotated[RunOptions | None, FORM] = None,
 ) -> WriteResult:
     """Add the source's variables to the group and overwrite the ones it has; attributes
     are merged."""
@@ -185,13 +189,13 @@ def append_flow(
     target: Target,
     source: Source,
     append_dim: str,
-    group: str | None = None,
+    group: Annotated[str | None, FORM] = None,
     on_overlap: OnOverlap = "error",
     dry_run: bool = False,
-    scheduler_address: str | None = None,
-    options: RunOptions | None = None,
-    window_start: dt.datetime | None = None,
-    window_end: dt.datetime | None = None,
+    scheduler_address: Annotated[str | None, FORM] = None,
+    options: Annotated[RunOptions | None, FORM] = None,
+    window_start: Annotated[dt.datetime | None, FORM] = None,
+    window_end: Annotated[dt.datetime | None, FORM] = None,
     create_missing: bool = False,
 ) -> WriteResult:
     """Extend the group along ``append_dim`` with the source's labels.
@@ -226,10 +230,10 @@ def region_flow(
     target: Target,
     source: Source,
     region: RegionParameter = "auto",
-    group: str | None = None,
+    group: Annotated[str | None, FORM] = None,
     dry_run: bool = False,
-    scheduler_address: str | None = None,
-    options: RunOptions | None = None,
+    scheduler_address: Annotated[str | None, FORM] = None,
+    options: Annotated[RunOptions | None, FORM] = None,
 ) -> WriteResult:
     """Overwrite a region of the group's existing arrays with the source's values."""
     request = WriteRequest(mode="region", group=group, region=as_region_spec(region))
@@ -251,15 +255,15 @@ def write_flow(
     target: Target,
     source: Source,
     mode: WriteMode = "append",
-    group: str | None = None,
+    group: Annotated[str | None, FORM] = None,
     append_dim: str = "time",
     on_overlap: OnOverlap = "error",
     region: RegionParameter = "auto",
     only_new_vars: bool = False,
-    encoding: Encoding | None = None,
+    encoding: Annotated[Encoding | None, FORM] = None,
     dry_run: bool = False,
-    scheduler_address: str | None = None,
-    options: RunOptions | None = None,
+    scheduler_address: Annotated[str | None, FORM] = None,
+    options: Annotated[RunOptions | None, FORM] = None,
 ) -> WriteResult:
     """Any write, chosen by ``mode``, with its options: the form behind ad-hoc UI runs.
 

@@ -20,6 +20,7 @@ from typing import Annotated, Any
 
 from pydantic import Field, TypeAdapter
 
+from flows.forms import FORM
 from flows.options import loads_json, validate
 from flows.sources.base import SourceBase, fsspec_options
 from flows.sources.files import FilesSource
@@ -50,6 +51,8 @@ type SourceModel = FilesSource | ZarrSource | IcechunkSource | PythonSource | Sy
 Source = Annotated[
     FilesSource | ZarrSource | IcechunkSource | PythonSource | SyntheticSource,
     Field(discriminator="kind"),
+    # published as anyOf (a tab per kind in either Prefect UI); validation still uses `kind`
+    FORM,
 ]
 """Any source, told apart by ``kind``; what flows take as their ``source`` parameter."""
 

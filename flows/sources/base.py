@@ -8,6 +8,7 @@ from pydantic import (
     ConfigDict,
 )
 
+from flows.forms import form_properties
 from flows.targets import (
     SAFE_STORAGE_OPTION_KEYS,
     credential_option_error,
@@ -75,4 +76,6 @@ class SourceBase(BaseModel):
     # Inputs stay out of error messages, which Prefect logs and stores with failed runs.
     # Every kind has describe() (one line for logs and commit metadata, never a secret)
     # and open(start, end) (the data, lazily, for the half-open window [start, end)).
-    model_config = ConfigDict(extra="forbid", hide_input_in_errors=True)
+    model_config = ConfigDict(
+        extra="forbid", hide_input_in_errors=True, json_schema_extra=form_properties
+    )

@@ -125,6 +125,8 @@ _VARIABLES: dict[str, _VariableSpec] = {
 
 _TWO_PI = 2.0 * math.pi
 _COLDEST_HOUR_OF_YEAR = 14.5 * 24.0  # mid-January
+SYNTHETIC_VARIABLES = len(_VARIABLES)  # float32 data variables per label and grid point
+
 _YEAR_HOURS = {"standard": 365.2425 * 24.0, "noleap": 365.0 * 24.0, "360_day": 360.0 * 24.0}
 
 

@@ -160,10 +160,18 @@ def test_an_event_triggers_the_backfill_deployment(serving) -> None:  # type: ig
     with get_client(sync_client=True) as client:
         before = {r.id for r in client.read_flow_runs()}
 
+    window = {"start": str(start), "end": str(start + pd.Timedelta(seconds=10))}
+    # about another archive served on the same server: not this archive's automation
+    emit_event(
+        event="icefloe.backfill.requested",
+        resource={"prefect.resource.id": "icefloe.archive.elsewhere"},
+        payload=window,
+    )
+    # freq and group left out: the window defaults to 1D (cut at end), the group to the root
     emit_event(
         event="icefloe.backfill.requested",
         resource={"prefect.resource.id": "icefloe.archive.live"},
-        payload={"start": str(start), "end": str(start + pd.Timedelta(seconds=10)), "freq": "5s"},
+        payload=window,
     )
 
     def backfill_runs_finished():  # type: ignore[no-untyped-def]
@@ -174,6 +182,8 @@ def test_an_event_triggers_the_backfill_deployment(serving) -> None:  # type: ig
 
     runs = wait_until(backfill_runs_finished, 120, "a backfill run triggered by the event", every=2)
     assert all(r.state.is_completed() for r in runs), [r.state for r in runs]
+    assert len(runs) == 1, [r.name for r in runs]  # the other archive's event started nothing
+    assert runs[0].parameters["freq"] == "1D"
 
 
 def test_serve_switches_on_zombie_detection(serving, prefect_server: str) -> None:  # type: ignore[no-untyped-def]

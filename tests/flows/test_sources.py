@@ -584,7 +584,16 @@ def test_describe_is_one_line(source: Any) -> None:
 
 def test_every_field_is_described_for_the_ui() -> None:
     schema = SourceAdapter.json_schema()
-    assert schema["discriminator"]["propertyName"] == "kind"
+    # one tab per kind in the form (anyOf: flows/forms.py); each kind's `kind` is a one-value enum
+    kinds = [d["properties"]["kind"] for d in schema["$defs"].values() if "kind" in d["properties"]]
+    assert [kind["enum"] for kind in kinds] == [
+        ["files"],
+        ["icechunk"],
+        ["python"],
+        ["synthetic"],
+        ["zarr"],
+    ]
+    assert len(schema["anyOf"]) == 5
     for name, definition in schema["$defs"].items():
         for field, prop in definition["properties"].items():
             assert prop.get("description"), f"{name}.{field}"
