@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Creates .venv with Python 3.12 and installs icefloe with its pinned dependencies.
+# Creates .venv with Python 3.12 and installs icefloe with its pinned dependencies;
+# with --tests also what the test suite needs beyond Python packages (a browser).
 # Safe to re-run: an up-to-date environment is left as it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -23,4 +24,14 @@ if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ] || [ constraints.txt -nt
     .venv/bin/python -m pip install --quiet --upgrade pip
     .venv/bin/python -m pip install --quiet -c constraints.txt -e '.[test]'
     touch "$stamp"
+fi
+
+# --tests: the UI test (tests/deployments/test_ui.py) drives a real browser, Debian's
+# chromium. It is installed when missing and this user may install system packages (root
+# with apt); otherwise the test itself says what to install.
+if [ "${1:-}" = "--tests" ] && ! command -v chromium >/dev/null 2>&1 \
+    && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    echo "installing Debian's chromium for the UI test" >&2
+    { apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null; } \
+        || echo "could not install chromium: the UI test will fail until it is installed" >&2
 fi

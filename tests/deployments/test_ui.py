@@ -17,6 +17,7 @@ import json
 import os
 import re
 import shutil
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -45,7 +46,13 @@ CHROMIUM_ARGS = [
     "--disable-component-update",
     "--disable-sync",
 ]
-SCREENSHOTS = Path(__file__).parents[2] / "docs" / "ui"
+# The README's pictures are refreshed on purpose (ICEFLOE_UI_SCREENSHOTS=docs), not by every
+# test run: that would leave each developer's working tree changed.
+SCREENSHOTS = (
+    Path(__file__).parents[2] / "docs" / "ui"
+    if os.environ.get("ICEFLOE_UI_SCREENSHOTS") == "docs"
+    else Path(tempfile.gettempdir()) / "icefloe-ui-screenshots"
+)
 FORM_PROBLEMS = ("is a const and cannot be changed", 'Property is type "None"')
 
 
