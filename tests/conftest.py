@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import socket
 import subprocess
@@ -111,7 +112,13 @@ def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """``prefect server start`` on a free port with a new SQLite database; yields the API URL.
 
     One per test session, shared by the deployment tests and the crash tests."""
-    home = tmp_path_factory.mktemp("prefect-home")
+    with running_prefect_server(tmp_path_factory.mktemp("prefect-home")) as url:
+        yield url
+
+
+@contextlib.contextmanager
+def running_prefect_server(home: Path) -> Iterator[str]:
+    """A ``prefect server start`` process with its database in ``home``, until the block ends."""
     port = free_port()
     env = {
         **os.environ,

@@ -29,7 +29,7 @@ import pandas as pd
 import pytest
 from distributed import LocalCluster
 
-from tests.conftest import read_back
+from tests.conftest import read_back, running_prefect_server
 from tests.deployments.conftest import served, stop, wait_until
 
 pytestmark = pytest.mark.slow
@@ -57,9 +57,13 @@ FORM_PROBLEMS = ("is a const and cannot be changed", 'Property is type "None"')
 
 
 @pytest.fixture(scope="module")
-def ui_server(prefect_server: str) -> str:
-    """The suite's ``prefect server start`` (its UI is on, tests/conftest.py): the base URL."""
-    return prefect_server.removesuffix("/api")
+def ui_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """A ``prefect server start`` of this module's own, its UI on: the base URL.
+
+    Not the suite's shared server: the deployment tests before this one serve the same
+    deployment names there, and their scheduled runs would be read as this test's."""
+    with running_prefect_server(tmp_path_factory.mktemp("ui-prefect-home")) as url:
+        yield url.removesuffix("/api")
 
 
 @pytest.fixture(scope="module")
