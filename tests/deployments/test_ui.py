@@ -106,7 +106,7 @@ def _finished(base: str, run_id: str) -> dict[str, Any] | None:
 def browser() -> Iterator[Any]:
     if not shutil.which(CHROMIUM):
         pytest.fail(
-            f"no chromium at {CHROMIUM}: install it (apt-get install -y chromium, as .ci/run "
+            f"no chromium at {CHROMIUM}: install it (apt-get install -y chromium, as scripts/setup.sh --tests "
             "does) or point ICEFLOE_CHROMIUM at one; the UI test needs a real browser"
         )
     from playwright.sync_api import sync_playwright
