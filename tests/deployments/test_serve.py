@@ -7,6 +7,9 @@ runs through the API and an event, waits for them, and checks the repository.
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import icechunk
@@ -18,7 +21,6 @@ from distributed import LocalCluster
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import DeploymentFilter, DeploymentFilterName
 from prefect.deployments import run_deployment
-from prefect.events import emit_event
 from prefect.settings import PREFECT_API_URL, temporary_settings
 
 from flows.sources import SyntheticSource
@@ -152,7 +154,31 @@ def test_a_backfill_run_through_the_api_lands_every_window_once(serving, tmp_pat
     )
 
 
-def test_an_event_triggers_the_backfill_deployment(serving) -> None:  # type: ignore[no-untyped-def]
+def _emit(api_url: str, resource_id: str, payload: dict[str, str]) -> None:
+    """``prefect event emit`` as an operator would, against the served server.
+
+    Not emit_event in this process: its events worker is made once per process, and in
+    the whole suite an earlier test's harness had made it for another API.
+    """
+    subprocess.run(
+        [
+            str(Path(sys.executable).with_name("prefect")),
+            "event",
+            "emit",
+            "icefloe.backfill.requested",
+            "--resource-id",
+            resource_id,
+            "--payload",
+            json.dumps(payload),
+        ],
+        env={**os.environ, "PREFECT_API_URL": api_url},
+        check=True,
+        capture_output=True,
+        timeout=120,
+    )
+
+
+def test_an_event_triggers_the_backfill_deployment(serving, prefect_server: str) -> None:  # type: ignore[no-untyped-def]
     home, source, _ = serving
     live = home / "live"
     wait_until(lambda: len(_appends(live)) >= 1, 60, "a first scheduled append")
@@ -162,17 +188,9 @@ def test_an_event_triggers_the_backfill_deployment(serving) -> None:  # type: ig
 
     window = {"start": str(start), "end": str(start + pd.Timedelta(seconds=10))}
     # about another archive served on the same server: not this archive's automation
-    emit_event(
-        event="icefloe.backfill.requested",
-        resource={"prefect.resource.id": "icefloe.archive.elsewhere"},
-        payload=window,
-    )
+    _emit(prefect_server, "icefloe.archive.elsewhere", window)
     # freq and group left out: the window defaults to 1D (cut at end), the group to the root
-    emit_event(
-        event="icefloe.backfill.requested",
-        resource={"prefect.resource.id": "icefloe.archive.live"},
-        payload=window,
-    )
+    _emit(prefect_server, "icefloe.archive.live", window)
 
     def backfill_runs_finished():  # type: ignore[no-untyped-def]
         with get_client(sync_client=True) as client:
