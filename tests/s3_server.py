@@ -33,6 +33,7 @@ import threading
 import time
 import urllib.error
 import urllib.request
+import uuid
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -74,6 +75,18 @@ class S3Endpoint:
             aws_access_key_id=self.access_key_id,
             aws_secret_access_key=self.secret_access_key,
         )
+
+    def fresh_bucket_options(self) -> tuple[str, dict[str, Any]]:
+        """A new bucket's repository URL and the storage options that reach this server."""
+        bucket = f"icefloe-{uuid.uuid4().hex[:16]}"
+        self.create_bucket(bucket)
+        options = {
+            "endpoint_url": self.endpoint_url,
+            "region": self.region,
+            "allow_http": True,
+            "force_path_style": True,
+        }
+        return f"s3://{bucket}/repo", options
 
     def create_bucket(self, name: str) -> None:
         # us-east-1 is the one region where CreateBucket takes no LocationConstraint.

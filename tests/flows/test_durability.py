@@ -19,7 +19,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, ClassVar
@@ -123,18 +122,8 @@ def s3_secret(s3: S3Endpoint, prefect_harness: str) -> str:
 @pytest.fixture
 def s3_target(s3: S3Endpoint, s3_secret: str, scheduler_address: str) -> Target:
     """Group "g" as in ``base``, in a fresh bucket of the S3 server."""
-    bucket = f"icefloe-{uuid.uuid4().hex[:16]}"
-    s3.create_bucket(bucket)
-    target = Target(
-        repo=f"s3://{bucket}/repo",
-        storage_options={
-            "endpoint_url": s3.endpoint_url,
-            "region": s3.region,
-            "allow_http": True,
-            "force_path_style": True,
-        },
-        credentials_secret_block=s3_secret,
-    )
+    repo, options = s3.fresh_bucket_options()
+    target = Target(repo=repo, storage_options=options, credentials_secret_block=s3_secret)
     create_flow(
         target,
         synthetic_source("2020-01-01", STORED),

@@ -43,17 +43,8 @@ def target(request: pytest.FixtureRequest, tmp_path: Path) -> Target:
         target = Target(repo=str(tmp_path / "repo"))
     else:
         s3: S3Endpoint = request.getfixturevalue("s3")
-        bucket = f"icefloe-{uuid.uuid4().hex[:16]}"
-        s3.create_bucket(bucket)
-        target = Target(
-            repo=f"s3://{bucket}/repo",
-            storage_options={
-                "endpoint_url": s3.endpoint_url,
-                "region": s3.region,
-                "allow_http": True,
-                "force_path_style": True,
-            },
-        )
+        repo, options = s3.fresh_bucket_options()
+        target = Target(repo=repo, storage_options=options)
         os.environ.setdefault("AWS_ACCESS_KEY_ID", s3.access_key_id)
         os.environ.setdefault("AWS_SECRET_ACCESS_KEY", s3.secret_access_key)
     target.open_repository(create=True)
