@@ -20,11 +20,6 @@ from typing import Annotated, Any
 import icechunk
 import typer
 from prefect import Flow
-from prefect.settings import (
-    PREFECT_FLOWS_HEARTBEAT_FREQUENCY,
-    get_current_settings,
-    temporary_settings,
-)
 from pydantic import TypeAdapter, ValidationError
 from rich.console import Console
 from rich.markup import escape
@@ -336,7 +331,7 @@ def backfill(
             return
         runnable = on_scheduler(backfill_flow, scheduler_address)
         wait_for_temporary_api()
-        with _progress_bar(), quiet_console(), _direct_run_settings():
+        with _progress_bar(), quiet_console():
             result = runnable(
                 target=parsed_target,
                 source=parsed_source,
@@ -437,7 +432,7 @@ def _write(
         options = {k: v() if callable(v) else v for k, v in options.items()}
         runnable = on_scheduler(flow, scheduler_address)
         wait_for_temporary_api()
-        with _progress_bar(), quiet_console(), _direct_run_settings():
+        with _progress_bar(), quiet_console():
             result: WriteResult = runnable(
                 target=parsed_target,
                 source=parsed_source,
@@ -531,19 +526,6 @@ def _user_errors() -> Iterator[None]:
             f"[red]error:[/red] {escape(str(err))}", markup=True, highlight=False, soft_wrap=True
         )
         raise typer.Exit(2 if isinstance(err, RequestError) else 1) from err
-
-
-@contextmanager
-def _direct_run_settings() -> Iterator[None]:
-    """A command's flow runs here, not under a deployment: unless the user chose a heartbeat
-    frequency, it sends no heartbeats. icefloe's zombie automation watches only deployment
-    runs (deployments/zombies.py), and a synchronous flow waits for its heartbeat thread's
-    current one-second sleep at exit: up to a second added to every command."""
-    if "heartbeat_frequency" in get_current_settings().flows.model_fields_set:
-        yield
-        return
-    with temporary_settings(updates={PREFECT_FLOWS_HEARTBEAT_FREQUENCY: None}):
-        yield
 
 
 @contextmanager
