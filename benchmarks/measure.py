@@ -162,8 +162,8 @@ class Bench:
         return icechunk.Repository.create(icechunk.local_filesystem_storage(str(path)))
 
     def worker_pids(self) -> set[int]:
-        info = self.client.scheduler_info()
-        return {int(w["pid"]) for w in info.get("workers", {}).values() if "pid" in w}
+        # scheduler_info() no longer carries the workers' pids: ask the workers
+        return {int(pid) for pid in self.client.run(os.getpid).values()}
 
     def timed(
         self, run: Callable[[], float | None], retries: int | None = None

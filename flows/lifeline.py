@@ -45,8 +45,10 @@ __all__ = ["CANCEL_GRACE_SECONDS", "CANCEL_POLL_SECONDS", "LIFELINE_ENV", "ensur
 LIFELINE_ENV = "ICEFLOE_LIFELINE"
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 3.0
-# How often a directly called run asks the API whether it was cancelled: one small GET.
-CANCEL_POLL_SECONDS = 1.0
+# How often a directly called run asks the API whether it was cancelled: one small GET,
+# which the server answers from its database (once a second, as many requests as all of
+# a bulk write's other ones together).
+CANCEL_POLL_SECONDS = 2.0
 # As a runner does: a cancelled process still running this long after its SIGTERM is
 # killed (closing a busy LocalCluster alone waits 4 s, and exiting the interpreter drains
 # Prefect's queues and stops its temporary server); the watchdog cleans up after it.

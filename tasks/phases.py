@@ -374,7 +374,13 @@ class _ProgressReporter:
 
     Prefect API calls and hooks run here, never on the dask client's event loop. The thread
     runs in a copy of the task's context so that Prefect finds the run and its settings.
+    Hooks (a progress bar in this process) hear every ``every`` seconds; the progress
+    artifact, an API call that the Prefect server answers with a database write, at most
+    every ``ARTIFACT_SECONDS``: once a second it cost the server as much CPU as a tenth of
+    a worker during a bulk write on a small machine.
     """
+
+    ARTIFACT_SECONDS = 5.0
 
     def __init__(
         self,
@@ -389,6 +395,7 @@ class _ProgressReporter:
         self._last: tuple[int, int] | None = None
         self._logged_quarter = 0
         self._artifact: UUID | None = None
+        self._artifact_at = time.monotonic()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _ProgressReporter:
@@ -429,7 +436,11 @@ class _ProgressReporter:
 
     def _publish(self, done: int, total: int, final: bool) -> None:
         fraction = done / total if total else (1.0 if final else 0.0)
-        if self._artifact is not None:
+        now = time.monotonic()
+        if self._artifact is not None and (
+            final or now - self._artifact_at >= self.ARTIFACT_SECONDS
+        ):
+            self._artifact_at = now
             update_progress_artifact(self._artifact, progress=round(100 * fraction, 1))
         quarter = int(4 * fraction)
         if quarter > self._logged_quarter and not final:
