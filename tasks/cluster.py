@@ -17,6 +17,7 @@ imports it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -49,6 +50,25 @@ THREADS_BELOW_ENV = "ICEFLOE_THREADS_BELOW_BYTES"
 # A LocalCluster takes 2-5 s to start and 1-2 s to stop on a small machine; the threaded
 # scheduler writes 64 MiB in well under a second.
 THREADS_BELOW_BYTES = 64 * 2**20
+
+
+class _QuietWorkerShutdown(logging.Filter):
+    """Drops the nanny's "Worker process still alive after 4.0 seconds, killing" while
+    dask's own messages are turned down (the CLI and served runs turn them down; --verbose
+    or ``DASK_LOGGING__DISTRIBUTED=info`` turns them back on).
+
+    It comes when a LocalCluster closes after the run, on a busy machine: the worker had
+    finished, the run's data was already committed, and the nanny ends the slow process as
+    it should. Noise by design, not a warning a user can act on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger("distributed").getEffectiveLevel() <= logging.INFO:
+            return True
+        return not str(record.msg).startswith("Worker process still alive after")
+
+
+logging.getLogger("distributed.nanny").addFilter(_QuietWorkerShutdown())
 
 
 def scheduler_address(explicit: str | None = None) -> str | None:
