@@ -369,9 +369,9 @@ class Conditions:
 
     busy_per_core: float = 0.25
     max_wait: float = 30.0
-    wait_budget: float = 240.0
+    wait_budget: float = 120.0
     retries: int = 1
-    retry_budget: float = 150.0
+    retry_budget: float = 90.0
     waited: float = 0.0
     retried: float = 0.0
     cores: int = field(default_factory=lambda: os.cpu_count() or 1)

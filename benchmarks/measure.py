@@ -372,6 +372,9 @@ def _run_cli(
 ) -> subprocess.CompletedProcess[str]:
     if tree is not None:
         env = {**env, "PYTHONPATH": os.pathsep.join([str(tree), env.get("PYTHONPATH", "")])}
+    # as on a user's machine, Python keeps the bytecode it compiled (this sandbox sets the
+    # variable, which would recompile every module of the command on every run)
+    env = {k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"}
     done = subprocess.run(
         [*_cli(tree), *args],
         cwd=cwd,

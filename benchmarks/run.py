@@ -90,7 +90,7 @@ def _parser() -> argparse.ArgumentParser:
         "--max-wait",
         type=float,
         default=30.0,
-        help="seconds to wait for a quiet second before each measurement (4 min in all)",
+        help="seconds to wait for a quiet second before each measurement (2 min in all)",
     )
     parser.add_argument(
         "--largest-gb",
