@@ -182,6 +182,8 @@ def main(argv: list[str] | None = None) -> int:
             "waited_seconds": conditions.waited,
             "retried_seconds": conditions.retried,
             "before": args.before,
+            "before_commit": _commit(args.before) if args.before else None,
+            "this_commit": _commit("HEAD"),
         }
     results["total_seconds"] = time.perf_counter() - started
     results["machine_after"] = {"load_average": machine()["load_average"]}
@@ -202,6 +204,13 @@ def _timed(log: Callable[[str], None], what: str) -> Any:
     yield timing
     timing["seconds"] = time.perf_counter() - begun
     log(f"{what}: {timing['seconds']:.1f} s")
+
+
+def _commit(ref: str) -> str | None:
+    done = subprocess.run(
+        ["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True, text=True
+    )
+    return done.stdout.strip() or None
 
 
 def _checkout(ref: str, workdir: Path) -> Path:
