@@ -195,9 +195,7 @@ class SpecUpdate:
         time_encoding = self.base.time_encoding
         if self.refresh is None or self.append_dim in self.refresh:
             time_encoding = found.time_encoding
-        return self.base.model_copy(
-            update={"variables": variables, "time_encoding": time_encoding}
-        )
+        return self.base.model_copy(update={"variables": variables, "time_encoding": time_encoding})
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -18,6 +18,7 @@ packed temperature is ``int16`` and an hourly time is ``int64``; strings are ``s
 from __future__ import annotations
 
 import datetime as dt
+import itertools
 import json
 import math
 from collections.abc import Mapping
@@ -271,11 +272,14 @@ class DatasetSpec(BaseModel):
 
     def to_yaml(self) -> str:
         data = self.model_dump(mode="json")
-        return yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+        text: str = yaml.safe_dump(data, sort_keys=False, default_flow_style=None, width=100)
+        return text
 
     # -- comparing ---------------------------------------------------------------------------
 
-    def diff(self, other: DatasetSpec, *, structure_only: bool = False, chunks: bool = True) -> list[str]:
+    def diff(
+        self, other: DatasetSpec, *, structure_only: bool = False, chunks: bool = True
+    ) -> list[str]:
         """How ``other`` differs from this spec, one sentence each (``mine → theirs``);
         empty when equal. ``structure_only`` leaves out start, step and the bounds;
         ``chunks=False`` leaves out chunks (a source's own chunking says nothing)."""
@@ -412,12 +416,12 @@ def infer_step(labels: pd.Index) -> str:
             found = None
         if found is not None:
             return str(found)
-    steps = [pd.Timedelta(b - a) for a, b in zip(labels[:-1], labels[1:], strict=True)]
+    steps = [pd.Timedelta(b - a) for a, b in itertools.pairwise(labels)]
     smallest = min(steps)
     if smallest <= pd.Timedelta(0):
         return IRREGULAR
     multiples = all(s % smallest == pd.Timedelta(0) for s in steps)
-    if not multiples or steps.count(smallest) * 2 <= len(steps) and len(steps) > 1:
+    if not multiples or (steps.count(smallest) * 2 <= len(steps) and len(steps) > 1):
         return IRREGULAR
     return str(pd.tseries.frequencies.to_offset(smallest).freqstr)
 

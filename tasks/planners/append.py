@@ -21,7 +21,6 @@ from tasks.planners.base import (
     Planner,
     changed_attrs,
     check_dataset,
-    dtype_label,
     labels_text,
     stored_variable,
     values_equal,
@@ -37,7 +36,7 @@ from tasks.planners.guards import (
 )
 from tasks.request import OnGap, OnOverlap, WriteMode
 from tasks.spec import step_of_timedelta
-from tasks.stored import SPEC_KEY, StoredGroup
+from tasks.stored import SPEC_KEY, StoredGroup, dtype_label
 
 
 @dataclass(frozen=True)
@@ -126,9 +125,7 @@ class AppendPlanner(Planner):
                 str(n): missing_value(v, v.encoding.get("_FillValue"))
                 for n, v in self.ds.variables.items()
             }
-            self.ds = apply_on_step(
-                self.ds, dim, 1, self.on_step, _known(fills), self.problems
-            )
+            self.ds = apply_on_step(self.ds, dim, 1, self.on_step, _known(fills), self.problems)
         self.problems.raise_if_any()
         planned = CreatePlanner(self.ds, self.stored, "w-", append_dim=dim).plan()
         assert planned.steps.template is not None  # creating a group always has one
@@ -263,7 +260,11 @@ class AppendPlanner(Planner):
             f"variable {name!r} has no {self.append_dim!r} dimension and differs from the "
             "stored one; appending never overwrites it: make it equal to the stored values, "
             "or change it with for_modify"
-            + ("" if self.stored.spec is None else f" (or, if that changes its structure, {UPDATE_SPEC_HINT})")
+            + (
+                ""
+                if self.stored.spec is None
+                else f" (or, if that changes its structure, {UPDATE_SPEC_HINT})"
+            )
         )
         return False
 

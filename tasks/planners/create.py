@@ -16,11 +16,10 @@ from tasks.planners.base import (
     Planned,
     Planner,
     check_dataset,
-    dtype_label,
 )
 from tasks.planners.guards import check_first_labels
 from tasks.spec import guess_append_dim
-from tasks.stored import StoredGroup
+from tasks.stored import StoredGroup, dtype_label
 
 
 class CreatePlanner(Planner):

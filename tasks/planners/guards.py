@@ -34,10 +34,10 @@ from tasks.spec import (
     LabelContinuation,
     TimeEncoding,
     VariableSpec,
-    labels_in,
     infer_step,
     label_grid,
     label_text,
+    labels_in,
 )
 
 if TYPE_CHECKING:
@@ -143,9 +143,7 @@ class SpecGuard:
                 )
                 return
 
-    def _check_time_encoding(
-        self, row: ArrayPlan, encoding: Mapping[str, Any], fix: str
-    ) -> None:
+    def _check_time_encoding(self, row: ArrayPlan, encoding: Mapping[str, Any], fix: str) -> None:
         assert self.spec is not None
         declared = self.spec.time_encoding
         units, calendar = encoding.get("units"), encoding.get("calendar")
