@@ -90,7 +90,7 @@ def test_modify_rewrites_a_variable_whose_dtype_changed(repo, tmp_path):
     ds = cf_dataset(6)
     write(repo, ds, lambda w: w.for_create_or_overwrite(group="g"))
     retyped = ds[["pr"]].astype({"pr": "float32"})
-    # a declared change of the group's structure (tests/tasks/test_spec_guards.py)
+    # a declared change of the group's structure (tests/tasks/planners/test_guards.py)
     plan = write(repo, retyped, lambda w: w.for_modify(group="g", update_spec=True))
     assert {a.name: a.action for a in plan.arrays}["pr"] == "replace"
     back = read_back(repo, "g")
@@ -163,7 +163,7 @@ def test_region_never_changes_metadata(repo):
     write(repo, ds, lambda w: w.for_create_or_overwrite(group="g"))
     patch = ds[["tas"]].isel(time=slice(0, 2)).drop_vars(["height"])
     patch.attrs = {"title": "changed"}
-    # (other units than the spec's are refused: tests/tasks/test_spec_guards.py)
+    # (other units than the spec's are refused: tests/tasks/planners/test_guards.py)
     patch["tas"].attrs = {"long_name": "changed"}
     write(repo, patch, lambda w: w.for_region(group="g"))
     back = read_back(repo, "g")
