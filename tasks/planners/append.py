@@ -121,6 +121,7 @@ class AppendPlanner(Planner):
             self.on_step = check_first_labels(
                 labels, self.stored.spec, self.on_gap, dim, self.problems
             )
+        if self.on_step.keep is not None or self.on_step.labels is not None:
             fills = {
                 str(n): missing_value(v, v.encoding.get("_FillValue"))
                 for n, v in self.ds.variables.items()
