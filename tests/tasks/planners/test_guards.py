@@ -217,7 +217,8 @@ def test_on_gap_stop_appends_up_to_the_first_missing_label(repo, archive) -> Non
     # a run that finds nothing after the gap changes nothing
     before = tip(repo)
     plan = write(repo, archive.isel(time=[12]), lambda w: w.for_append(group="g", on_gap="stop"))
-    assert plan.changes_nothing and plan.stopped_at == "2020-01-01T11:00:00"
+    assert plan.changes_nothing
+    assert plan.stopped_at == "2020-01-01T11:00:00"
     assert tip(repo) == before
 
 
