@@ -211,7 +211,9 @@ class DatasetSpec(BaseModel):
             append_dim=dim,
             start=label_text(labels[0]) if labels is not None and len(labels) else "",
             step=infer_step(labels) if labels is not None else IRREGULAR,
-            variables={name: VariableSpec.of_array(a) for name, a in stored.arrays.items()},
+            variables={
+                name: VariableSpec.of_array(stored.arrays[name]) for name in sorted(stored.arrays)
+            },
             time_encoding=TimeEncoding.of_array(time_array) if time_array is not None else None,
         )
 
