@@ -64,10 +64,12 @@ def drifted(
     periods: int = 24,
     dtype: str = "float32",
     units: str | None = None,
+    **grid: int,
 ) -> xr.Dataset:
     """The synthetic data as a provider that changed something mid-stream delivers it: the
-    temperature in another dtype, or in other units. Windowed runs pass start and end."""
-    ds = SyntheticSource(start="2020-01-01", periods=periods, **GRID).open(start, end)
+    temperature in another dtype, or in other units. Windowed runs pass start and end;
+    ``grid`` overrides ny, nx or time_chunk."""
+    ds = SyntheticSource(start="2020-01-01", periods=periods, **(GRID | grid)).open(start, end)
     temperature = ds["air_temperature"].astype(dtype)
     if units is not None:
         temperature = (temperature - temperature.dtype.type(273.15)).assign_attrs(
