@@ -74,10 +74,16 @@ def commit_session(
                     "was published — retry later or serialize the writers",
                     overlapping=False,
                 ) from err
-            delay = min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
+            delay = backoff(attempt, base_delay, max_delay)
             log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)
             time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def backoff(attempt: int, base_delay: float = 0.05, max_delay: float = 5.0) -> float:
+    """A jittered, growing wait before try ``attempt + 1``: writers that lost a race to the
+    same branch tip spread out instead of racing again in lockstep."""
+    return min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
 
 
 @contextmanager
