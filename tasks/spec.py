@@ -565,13 +565,20 @@ def _same_label(a: Any, b: Any) -> bool:
 
 
 def labels_in(labels: pd.Index, among: pd.Index) -> np.ndarray[Any, np.dtype[np.bool_]]:
-    if len(labels) and isinstance(labels[0], float | np.floating):
-        values = np.asarray(labels, dtype=float)
-        others = np.asarray(among, dtype=float)
-        if not len(others):
-            return np.zeros(len(values), dtype=bool)
-        return np.isclose(values[:, None], others[None, :]).any(axis=1)
-    return np.asarray(labels.isin(among), dtype=bool)
+    """Which of ``labels`` are in ``among``; float labels within rounding of a step sum."""
+    if not len(labels) or not isinstance(labels[0], float | np.floating):
+        return np.asarray(labels.isin(among), dtype=bool)
+    values = np.asarray(labels, dtype=float)
+    others = np.sort(np.asarray(among, dtype=float))
+    if not len(others):
+        return np.zeros(len(values), dtype=bool)
+    # the nearest of the sorted others on either side, never all pairs
+    right = np.clip(np.searchsorted(others, values), 0, len(others) - 1)
+    left = np.clip(right - 1, 0, len(others) - 1)
+    found: np.ndarray[Any, np.dtype[np.bool_]] = np.isclose(values, others[right]) | np.isclose(
+        values, others[left]
+    )
+    return found
 
 
 def _validation_text(err: ValidationError) -> str:
