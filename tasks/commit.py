@@ -83,7 +83,7 @@ def commit_session(
 def backoff(attempt: int, base_delay: float = 0.05, max_delay: float = 5.0) -> float:
     """A jittered, growing wait before try ``attempt + 1``: writers that lost a race to the
     same branch tip spread out instead of racing again in lockstep."""
-    return min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
+    return float(min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5))
 
 
 @contextmanager
