@@ -311,11 +311,7 @@ def backfill(
         windows = windows_between(start, end, freq)
         if dry_run:
             try:
-                found = coverage(
-                    parsed_target.open_repository().readonly_session(branch=branch),
-                    group,
-                    append_dim,
-                )
+                found = coverage(parsed_target.open_repository(), group, append_dim, branch=branch)
                 todo = [w for w in windows if found.missing_between(w.start, w.end)]
             except (OSError, ValueError):
                 todo = windows
@@ -359,7 +355,7 @@ def coverage_command(
         session = repo.readonly_session(branch=branch)
         _require_group(session, group, parsed)
         _require_dimension(session, group, append_dim)
-        found = coverage(session, normalize_group(group), append_dim)
+        found = coverage(repo, normalize_group(group), append_dim, branch=branch)
         if png is not None:
             found.plot(str(png))
     console.print(str(found), highlight=False)

@@ -141,7 +141,7 @@ def scheduled_append_flow(
     )
     repo = target.open_repository(credentials=load_credentials(target))
     publish_coverage(
-        coverage(repo.readonly_session(branch=target.branch), normalize_group(group), append_dim),
+        coverage(repo, normalize_group(group), append_dim, branch=target.branch),
         f"scheduled append of {target.describe()} at {until}",
         target,
     )

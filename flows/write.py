@@ -50,6 +50,7 @@ from tasks import phases
 from tasks.audit import AuditRules, audit_snapshot
 from tasks.cluster import check_scheduler, task_runner
 from tasks.cluster import scheduler_address as resolve_scheduler_address
+from tasks.coverage import CoverageChange
 from tasks.errors import CommitConflictError, GroupNotFoundError, TargetError, TargetNotFoundError
 from tasks.plan import WritePlan, human_bytes
 from tasks.publish import Audit
@@ -415,6 +416,7 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
             metadata,
             staging_branch=staging,
             audit=_audit(repo, plan, dataset, run) if staging else None,
+            coverage=CoverageChange.of(plan),
         )
     except BaseException:
         # The session may be half-written; dropping its changes makes sure nothing of this

@@ -47,6 +47,9 @@ class WritePlan:
     append_dim: str | None = None
     label_range: tuple[str, str] | None = None
     region: Mapping[str, tuple[int, int]] | None = None
+    # append: the positions along append_dim it writes, [first, stop) (overlapping labels
+    # rewritten by on_overlap="overwrite" included); what the coverage record re-judges
+    append_span: tuple[int, int] | None = None
 
     @property
     def variables(self) -> list[str]:

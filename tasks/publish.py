@@ -13,11 +13,11 @@ from __future__ import annotations
 import logging
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import icechunk
 
-from tasks.commit import commit_session
+from tasks.commit import Metadata, commit_session
 from tasks.errors import CommitConflictError, VerificationError
 
 if TYPE_CHECKING:
@@ -34,7 +34,7 @@ def publish(
     base_snapshot: str,
     changes: Sequence[ForkSession],
     message: str,
-    metadata: dict[str, Any] | None = None,
+    metadata: Metadata | None = None,
     *,
     staging_branch: str | None = None,
     audit: Audit | None = None,
@@ -86,7 +86,7 @@ def _commit_on(
     tip: str,
     changes: Sequence[ForkSession],
     message: str,
-    metadata: dict[str, Any] | None,
+    metadata: Metadata | None,
 ) -> str:
     """One commit on ``work`` holding ``changes``, rebased onto ``tip`` with conflict detection."""
     if work in repo.list_branches():

@@ -97,6 +97,7 @@ class AppendPlanner(Planner):
                 attrs_changed=plan.attrs_changed,
                 append_dim=dim,
                 label_range=labels_text(labels) if labels is not None and len(labels) else None,
+                append_span=(0, self.ds.sizes[dim]),
             )
             return planned
         if dim not in self.stored.sizes:
@@ -175,6 +176,7 @@ class AppendPlanner(Planner):
             changed,
             append_dim=dim,
             label_range=label_range,
+            append_span=(span.write_from, span.new_len) if span.n_new else None,
         )
 
     def _placement(self) -> tuple[int, int]:
