@@ -31,7 +31,7 @@ from flows.credentials import load_credentials
 from flows.forms import form_properties
 from flows.maintenance import maintenance_flow
 from flows.naming import archive_name
-from flows.scheduled import first_run_preview, last_label, scheduled_append_flow
+from flows.scheduled import LateData, first_run_preview, last_label, scheduled_append_flow
 from flows.sources import SourceModel
 from flows.targets import Target
 from flows.write import write_flow
@@ -85,8 +85,10 @@ def build_deployments(
     cron: str | None = None,
     scheduler_address: str | None = None,
     start: dt.datetime | None = None,
+    late_data: LateData = "wait",
 ) -> list[RunnerDeployment]:
-    """The four deployments, pointed at ``target`` and ``source``."""
+    """The four deployments, pointed at ``target`` and ``source``; the scheduled append
+    handles late data as ``late_data`` says (docs/spec.md)."""
     if (interval is None) == (cron is None):
         raise ValueError("give the scheduled append either --interval SECONDS or --cron EXPR")
     # Unset values are left out, not sent as null: Prefect checks a deployment's parameters
@@ -107,6 +109,7 @@ def build_deployments(
                 **where,
                 "append_dim": append_dim,
                 **({"start": start.isoformat()} if start is not None else {}),
+                "late_data": late_data,
             },
             enforce_parameter_schema=True,
             # A run catches up everything up to its scheduled time, so a run scheduled while

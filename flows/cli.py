@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -51,6 +52,7 @@ from tasks.coverage import coverage
 from tasks.errors import GroupNotFoundError, IcefloeError, PlanError, RequestError, is_refusal
 from tasks.plan import human_bytes
 from tasks.progress import watch_progress
+from tasks.spec import DatasetSpec
 from tasks.stored import StoredGroup, normalize_group
 
 app = typer.Typer(
@@ -77,6 +79,14 @@ _ENCODING = TypeAdapter(Encoding)
 _REGION = TypeAdapter(RegionParameter)
 
 DEMO_DIR = "icefloe-demo"
+
+
+class LateDataOption(StrEnum):
+    """The scheduled append's late-data policies (flows.scheduled.LateData)."""
+
+    wait = "wait"
+    hole = "hole"
+
 
 TargetOption = Annotated[
     str,
@@ -168,6 +178,14 @@ def modify(
     only_new_vars: Annotated[
         bool, typer.Option("--only-new-vars", help="Write only variables the group lacks.")
     ] = False,
+    update_spec: Annotated[
+        bool,
+        typer.Option(
+            "--update-spec",
+            help="Let the write change the structure the group's spec declares (dtype, "
+            "dims, chunks, units, time encoding); the spec follows in the same commit.",
+        ),
+    ] = False,
     dry_run: DryRunOption = False,
     scheduler_address: SchedulerOption = None,
 ) -> None:
@@ -181,6 +199,7 @@ def modify(
         scheduler_address,
         group=group,
         only_new_vars=only_new_vars,
+        update_spec=update_spec,
     )
 
 
@@ -193,6 +212,13 @@ def append(
     append_dim: Annotated[str, typer.Option(help="Dimension to append along.")] = "time",
     on_overlap: Annotated[
         str, typer.Option(help="Labels already stored: error, skip or overwrite.")
+    ] = "error",
+    on_gap: Annotated[
+        str,
+        typer.Option(
+            help="Labels missing on the group's step: error (refuse), stop (append up to the "
+            "first missing one) or fill (write them as fill values, recorded as a gap)."
+        ),
     ] = "error",
     dry_run: DryRunOption = False,
     scheduler_address: SchedulerOption = None,
@@ -208,6 +234,7 @@ def append(
         group=group,
         append_dim=append_dim,
         on_overlap=on_overlap,
+        on_gap=on_gap,
     )
 
 
@@ -380,6 +407,14 @@ def serve(
             "the source's first label; the synthetic source's is 2020-01-01)."
         ),
     ] = None,
+    late_data: Annotated[
+        LateDataOption,
+        typer.Option(
+            help="A label missing on the step while later ones are there: wait (append up to "
+            "it; the next run retries, no gap is published) or hole (append all, the missing "
+            "labels as fill values, the gap recorded)."
+        ),
+    ] = LateDataOption.wait,
 ) -> None:
     """Serve the deployments (append-scheduled, write, backfill, maintenance) until stopped.
 
@@ -398,8 +433,133 @@ def serve(
             cron=cron,
             scheduler_address=scheduler_address,
             start=start,
+            late_data=late_data.value,
             verbose=_verbose,
         )
+
+
+# -- the group's spec ---------------------------------------------------------------------------
+
+spec_app = typer.Typer(
+    name="spec",
+    help="A group's declared spec (docs/spec.md): show it, declare it, compare with it.",
+    no_args_is_help=True,
+)
+app.add_typer(spec_app)
+
+SpecFileOption = Annotated[
+    Path | None, typer.Option("--from", help="A spec as YAML (what `icefloe spec show` prints).")
+]
+
+
+@spec_app.command("show")
+def spec_show(
+    target: TargetOption,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    inferred: Annotated[
+        bool,
+        typer.Option(
+            "--inferred", help="Print the spec of what the group holds now, not the stored one."
+        ),
+    ] = False,
+    append_dim: Annotated[
+        str | None, typer.Option(help="With --inferred: the dimension appends extend.")
+    ] = None,
+) -> None:
+    """Print the group's spec as YAML."""
+    from flows.spec import show_spec, stored_structure
+
+    with _user_errors():
+        parsed = _target(target, branch)
+        if inferred:
+            spec = stored_structure(parsed, group, append_dim)
+        else:
+            found = show_spec(parsed, group)
+            if found is None:
+                raise PlanError(
+                    "the group has no spec (it was written before specs existed): `icefloe spec "
+                    "init` adds one from its arrays, `icefloe spec show --inferred` prints it "
+                    "first",
+                    group=normalize_group(group),
+                )
+            spec = found
+    typer.echo(spec.to_yaml(), nl=False)
+
+
+@spec_app.command("init")
+def spec_init(
+    target: TargetOption,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    from_file: SpecFileOption = None,
+    append_dim: Annotated[
+        str | None,
+        typer.Option(help="The dimension appends extend (default: guessed from the arrays)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the spec the group has already.")
+    ] = False,
+) -> None:
+    """Store a spec with the group: inferred from its arrays, or read from --from.
+
+    A group that holds nothing yet takes it as the declaration its first write follows."""
+    from flows.spec import init_spec
+
+    with _user_errors():
+        parsed = _target(target, branch)
+        declared = _spec_file(from_file)
+        spec, snapshot = init_spec(parsed, group, declared, append_dim=append_dim, force=force)
+    where = f"group {normalize_group(group)}" if normalize_group(group) else "the root group"
+    console.print(f"Committed [bold]{snapshot}[/bold] to branch {branch}: the spec of {where}.")
+    typer.echo(spec.to_yaml(), nl=False)
+
+
+@spec_app.command("diff")
+def spec_diff(
+    target: TargetOption,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    from_file: SpecFileOption = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", "-s", help="Compare what this source would write (path, glob or JSON)."
+        ),
+    ] = None,
+) -> None:
+    """What a YAML spec (--from) or a source (--source) changes against the group's spec.
+
+    Exits 1 when they differ, like diff."""
+    from flows.spec import diff_spec
+
+    with _user_errors():
+        if (from_file is None) == (source is None):
+            raise RequestError("give exactly one of --from SPEC.yaml or --source SOURCE")
+        parsed = _target(target, branch)
+        if source is not None:
+            changes = diff_spec(parsed, group, source=parse_source(source, name="--source"))
+        else:
+            changes = diff_spec(parsed, group, spec=_spec_file(from_file))
+    if not changes:
+        console.print("No differences from the group's spec.")
+        return
+    for change in changes:
+        console.print(f"- {change}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _spec_file(path: Path | None) -> DatasetSpec | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RequestError(f"--from {path}: cannot read the spec ({err.strerror})") from None
+    try:
+        return DatasetSpec.from_yaml(text)
+    except ValueError as err:
+        raise RequestError(f"--from {path}: {err}") from None
 
 
 # -- helpers --------------------------------------------------------------------------------

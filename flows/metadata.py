@@ -92,6 +92,13 @@ def commit_metadata(
         block["label_range"] = list(plan.label_range)
     if plan.region is not None:
         block["region"] = {dim: [start, stop] for dim, (start, stop) in plan.region.items()}
+    if plan.gaps:
+        # labels an append (on_gap="fill") wrote as fill values: docs/spec.md
+        block["gaps"] = [
+            {"first": first, "last": last, "count": count} for first, last, count in plan.gaps
+        ]
+    if plan.stopped_at is not None:
+        block["stopped_before"] = plan.stopped_at
     return block
 
 

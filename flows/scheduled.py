@@ -4,12 +4,19 @@ A scheduled append asks the source for every label after the last stored one up 
 scheduled time, so a late run, a repeated run and the runs missed while the service was
 down all end in the same state: labels already stored are skipped (``on_overlap="skip"``),
 and a run with nothing new makes no commit.
+
+Late data (docs/spec.md): when the source lacks a label on the group's step but has later
+ones (a file that has not arrived), ``late_data="wait"`` (the default) appends only up to
+the missing label, and the next run, which asks again from the last stored label, appends
+it once it is there: the archive never publishes a gap. ``late_data="hole"`` appends
+everything there is, writes the missing labels as fill values and records them as a gap in
+the commit, for a backfill to fill later.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 import icechunk
 import pandas as pd
@@ -31,9 +38,16 @@ from tasks.cluster import task_runner
 from tasks.coverage import coverage
 from tasks.errors import TargetNotFoundError
 from tasks.plan import human_bytes
+from tasks.request import OnGap
 from tasks.stored import StoredGroup, normalize_group
 
-__all__ = ["first_run_preview", "last_label", "scheduled_append_flow"]
+__all__ = ["LATE_DATA", "LateData", "first_run_preview", "last_label", "scheduled_append_flow"]
+
+LateData = Literal["wait", "hole"]
+"""What a scheduled append does when a label on the step is missing but later ones are there."""
+
+LATE_DATA: dict[LateData, OnGap] = {"wait": "stop", "hole": "fill"}
+"""The append's ``on_gap`` for each late-data policy."""
 
 
 def last_label(
@@ -98,6 +112,13 @@ def first_run_preview(
         "Where the first run begins while the target holds nothing yet; empty for the "
         "source's first label (the synthetic source's is 2020-01-01: years of data)."
     ),
+    late_data=(
+        "When a label on the group's step is missing but later ones are there (a file that "
+        'has not arrived): "wait" appends up to the missing label and the next run retries '
+        'from there, so the archive never has a gap; "hole" appends everything, writes the '
+        "missing labels as fill values and records the gap in the commit (a backfill fills "
+        "it later)."
+    ),
 )
 def scheduled_append_flow(
     target: Target,
@@ -107,6 +128,7 @@ def scheduled_append_flow(
     scheduled_time: Annotated[dt.datetime | None, FORM] = None,
     scheduler_address: Annotated[str | None, FORM] = None,
     start: Annotated[dt.datetime | None, FORM] = None,
+    late_data: LateData = "wait",
 ) -> WriteResult:
     """Append the source's labels after the last stored one up to the scheduled time,
     catching up runs that were missed; a run with nothing new makes no commit."""
@@ -138,6 +160,7 @@ def scheduled_append_flow(
         window_end=until + pd.Timedelta(1, "ns"),
         # the documented first run: an empty target gets the repository and the group
         create_missing=True,
+        on_gap=LATE_DATA[late_data],
     )
     repo = target.open_repository(credentials=load_credentials(target))
     publish_coverage(

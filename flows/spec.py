@@ -1,0 +1,219 @@
+"""A group's declared spec from Python and the CLI: show it, declare it, compare with it.
+
+    show_spec(target, group)                    the stored spec (None: the group has none)
+    init_spec(target, group, spec=None, ...)    store one, inferred from the stored arrays
+                                                or given (YAML): one commit carrying the
+                                                icefloe metadata block
+    diff_spec(target, group, spec= | source=)   what a YAML spec or a source changes
+
+The spec itself, the guards it drives and the late-data policy: tasks/spec.py,
+tasks/planners/guards.py and docs/spec.md.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import icechunk
+import pandas as pd
+
+from flows.credentials import load_credentials
+from flows.locks import serialized
+from flows.metadata import current_run, package_version
+from flows.sources import SourceModel
+from flows.targets import Target, safe_url
+from flows.write import open_source
+from tasks.commit import commit_lock, commit_session
+from tasks.errors import GroupNotFoundError, PlanError, TargetError, TargetNotFoundError
+from tasks.planners.guards import parse_label
+from tasks.spec import DatasetSpec, label_grid, label_text, labels_in, write_spec
+from tasks.stored import StoredGroup, normalize_group
+
+__all__ = ["diff_spec", "init_spec", "show_spec", "stored_structure"]
+
+
+def show_spec(target: Target, group: str | None = None) -> DatasetSpec | None:
+    """The spec stored with ``group`` on the target's branch; None for a group written
+    before specs existed (``init_spec`` adds one)."""
+    stored = _stored(_open(target), target, normalize_group(group))
+    return stored.spec
+
+
+def stored_structure(
+    target: Target, group: str | None = None, append_dim: str | None = None
+) -> DatasetSpec:
+    """The spec inferred from what the group holds now (labels read from its coordinate)."""
+    group = normalize_group(group)
+    stored = _stored(_open(target), target, group)
+    _require_arrays(stored, target, group)
+    spec = stored.spec
+    return DatasetSpec.from_group(stored, append_dim or (spec.append_dim if spec else None))
+
+
+def init_spec(
+    target: Target,
+    group: str | None = None,
+    spec: DatasetSpec | str | None = None,
+    *,
+    append_dim: str | None = None,
+    force: bool = False,
+) -> tuple[DatasetSpec, str]:
+    """Store a spec with ``group`` in one commit; returns it and the snapshot id.
+
+    Without ``spec``, it is inferred from the group's arrays (``append_dim``: the dimension
+    appends extend, guessed when not given). A given spec (a DatasetSpec, or its YAML) must
+    describe what the group holds; a group that holds nothing yet (even a repository that
+    does not exist yet) takes it as the declaration its first write must follow. A group
+    that has a spec keeps it unless ``force``.
+    """
+    group = normalize_group(group)
+    declared = DatasetSpec.from_yaml(spec) if isinstance(spec, str) else spec
+    credentials = load_credentials(target)
+    try:
+        repo = target.open_repository(credentials=credentials)
+    except TargetNotFoundError:
+        if declared is None:
+            raise
+        # declaring ahead of the first write, like the scheduled append's first run
+        repo = target.open_repository(create=True, credentials=credentials)
+    with serialized(target, group, repo=repo):
+        _require_branch(repo, target)
+        session = repo.writable_session(target.branch)
+        stored = StoredGroup(session.store, group)
+        if stored.spec is not None and not force:
+            raise PlanError(
+                "the group has a spec already; compare with it (icefloe spec diff), or "
+                "replace it with force=True (icefloe spec init --force)",
+                group=group,
+            )
+        if declared is None:
+            _require_arrays(stored, target, group)
+            chosen = DatasetSpec.from_group(stored, append_dim)
+            chosen = chosen.with_bounds_of(stored.spec)
+        else:
+            if append_dim is not None and append_dim != declared.append_dim:
+                raise PlanError(
+                    f"append_dim {append_dim!r} differs from the spec's {declared.append_dim!r}; "
+                    "drop one of them",
+                    group=group,
+                )
+            if not stored.is_empty:
+                _check_describes(stored, declared, group)
+            chosen = declared
+        write_spec(session.store, group, chosen)
+        block = _metadata(chosen, group, "the group's arrays" if declared is None else "a spec")
+        with commit_lock(repo):
+            snapshot = commit_session(
+                session,
+                f"icefloe: spec of {f'group {group}' if group else 'the root group'}",
+                {"icefloe": block},
+            )
+    return chosen, snapshot
+
+
+def diff_spec(
+    target: Target,
+    group: str | None = None,
+    *,
+    spec: DatasetSpec | str | None = None,
+    source: SourceModel | None = None,
+) -> list[str]:
+    """How ``spec`` (a DatasetSpec or YAML) or what ``source`` would create differs from the
+    group's spec (or, for a group without one, from the spec of its arrays), one sentence
+    each; empty when they agree. A source is compared on structure only, without chunks: a
+    write keeps the stored chunks, and its labels are its own."""
+    if (spec is None) == (source is None):
+        raise ValueError("compare either a spec or a source with the group, not both or neither")
+    group = normalize_group(group)
+    stored = _stored(_open(target), target, group)
+    reference = stored.spec
+    if reference is None:
+        _require_arrays(stored, target, group)
+        reference = DatasetSpec.from_group(stored)
+    if source is not None:
+        dim = reference.append_dim
+        ds = open_source.fn(source, append_dim=dim)  # a plain call: no Prefect run needed
+        found = DatasetSpec.from_dataset(ds, dim if dim in ds.dims else None)
+        return reference.diff(found, structure_only=True, chunks=False)
+    other = DatasetSpec.from_yaml(spec) if isinstance(spec, str) else spec
+    assert other is not None
+    return reference.diff(other)
+
+
+# -- helpers ------------------------------------------------------------------------------------
+
+
+def _open(target: Target) -> icechunk.Repository:
+    return target.open_repository(credentials=load_credentials(target))
+
+
+def _require_branch(repo: icechunk.Repository, target: Target) -> None:
+    if target.branch not in repo.list_branches():
+        raise TargetError(
+            f"branch {target.branch!r} does not exist in {safe_url(target.repo)}: use one of "
+            f"{sorted(repo.list_branches())} (--branch)"
+        )
+
+
+def _stored(repo: icechunk.Repository, target: Target, group: str | None) -> StoredGroup:
+    _require_branch(repo, target)
+    return StoredGroup(repo.readonly_session(branch=target.branch).store, group)
+
+
+def _require_arrays(stored: StoredGroup, target: Target, group: str | None) -> None:
+    if stored.arrays:
+        return
+    where = f"group {group!r}" if group else "the root group"
+    raise GroupNotFoundError(
+        f"{where} of {safe_url(target.repo)} (branch {target.branch}) holds no arrays to take "
+        "a spec from; check --group for a typo, or declare the spec from a YAML file "
+        "(icefloe spec init --from spec.yaml)",
+        group=group,
+    )
+
+
+def _check_describes(stored: StoredGroup, declared: DatasetSpec, group: str | None) -> None:
+    """A declared spec for a group that holds data must say what the data is."""
+    found = DatasetSpec.from_group(stored, declared.append_dim, labels=pd.Index([]))
+    problems = [f"the group holds: {d}" for d in declared.diff(found, structure_only=True)]
+    labels = stored.indexes.get(declared.append_dim)
+    if declared.is_regular and labels is not None and len(labels):
+        try:
+            anchor = parse_label(declared.start, labels)
+        except ValueError:
+            problems.append(f"start {declared.start!r} is not a label like {labels[0]}")
+        else:
+            grid = label_grid(anchor, labels[-1], declared.step)
+            off = labels[~labels_in(labels, grid)]
+            if len(off):
+                problems.append(
+                    f"stored labels {[label_text(x) for x in off[:3]]} along "
+                    f"{declared.append_dim!r} are not on the step {declared.step!r} from "
+                    f"{declared.start}"
+                )
+    if problems:
+        raise PlanError(
+            [
+                *problems,
+                "the spec must describe what the group holds: start from `icefloe spec show "
+                "--inferred` (stored_structure), or change the data first (icefloe modify "
+                "--update-spec)",
+            ],
+            group=group,
+        )
+
+
+def _metadata(spec: DatasetSpec, group: str | None, source: str) -> dict[str, Any]:
+    run = current_run()
+    return {
+        "mode": "spec",
+        "group": group,
+        "variables": sorted(spec.variables),
+        "source": source,
+        "append_dim": spec.append_dim,
+        "step": spec.step,
+        "flow_run_id": run.flow_run_id,
+        "flow_run_name": run.flow_run_name,
+        "deployment": run.deployment,
+        "icefloe_version": package_version(),
+    }
