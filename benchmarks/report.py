@@ -459,6 +459,16 @@ def _post_commit(pc: dict[str, Any]) -> list[str]:
             f"| {name} | {_s(a, 3)} ({_range(a, 3)}) | {_s(b, 3)} ({_range(b, 3)}) | "
             f"{pc['ratios'][key]:.2f} |"
         )
+    ratios = pc["ratios"]
+    out += [
+        "",
+        f"In short: after its commit, a run on {large:,} labels took {ratios['after_commit']:.2f}× "
+        f"the time of one on {small:,} (the coverage read and drawn: "
+        f"{ratios['read_and_draw']:.2f}×; the record at the commit: {ratios['record']:.2f}×, "
+        f"{1e3 * rows[large]['record']['median']:.0f} ms), where judging every label again took "
+        f"{ratios['full_judgement']:.0f}×. What remains after the commit is Prefect's: the "
+        "artifacts' API calls and the end of the runs.",
+    ]
     return [*out, ""]
 
 

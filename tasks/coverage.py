@@ -50,6 +50,7 @@ __all__ = [
     "coverage",
     "coverage_record",
     "full_coverage",
+    "labels_at",
     "recorded_coverage",
 ]
 
@@ -91,9 +92,14 @@ class Coverage:
 
     def present(self) -> np.ndarray[Any, np.dtype[np.bool_]]:
         """One flag per label (O(labels): for tests and small archives)."""
-        mask = np.ones(self.n_labels, dtype=bool)
+        return self.present_between(0, self.n_labels)
+
+    def present_between(self, start: int, stop: int) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """One flag per position in [start, stop): O(stop - start + gaps)."""
+        mask = np.ones(max(0, stop - start), dtype=bool)
         for gap in self.gaps:
-            mask[gap.start : gap.stop] = False
+            if gap.stop > start and gap.start < stop:
+                mask[max(gap.start, start) - start : min(gap.stop, stop) - start] = False
         return mask
 
     def missing_between(self, start: Any, end: Any) -> bool:
@@ -182,8 +188,17 @@ class Coverage:
         import matplotlib.pyplot as plt
 
         fig, ax = plt.subplots(figsize=(10, 1.6), dpi=100)
+        self.draw(ax)
+        fig.tight_layout()
+        fig.savefig(path)
+        plt.close(fig)
+
+    def draw(self, ax: Any) -> None:
+        """The strip on a matplotlib axis (one image column per pixel, red when any label in
+        it lacks data): O(gaps + columns)."""
+        import matplotlib
+
         n = self.n_labels
-        # one image column per pixel, red when any label in it lacks data
         columns = min(max(n, 1), 1000)
         strip = (
             np.array([[float(m == 0) for m, _ in self._missing_per_cell(columns)]])
@@ -203,9 +218,6 @@ class Coverage:
         ax.set_title(
             f"{self.append_dim}: {self.n_present}/{n} labels hold data, {len(self.gaps)} gaps (red)"
         )
-        fig.tight_layout()
-        fig.savefig(path)
-        plt.close(fig)
 
 
 def _comparable(label: Label, like: Any) -> Any:
@@ -292,14 +304,18 @@ class _Judge:
         ends = self.label_list([0, self.n_labels - 1]) if self.n_labels else [None, None]
         return Coverage(self.group, self.dim, self.n_labels, ends[0], ends[1], tuple(gaps))
 
-    def label_list(self, positions: Sequence[int]) -> list[Label]:
-        """The labels at ``positions``, read from the coordinate (only the chunks holding them)."""
+    def values(self, positions: Sequence[int]) -> pd.Index:
+        """The labels at ``positions``, decoded, read from the coordinate (only the chunks
+        holding them)."""
         if not len(positions):
-            return []
+            return pd.Index([])
         # times other than the labels stay undecoded: only the labels are decoded here, and
         # lazily, so that a few positions read a few chunks
-        values = self.stored.variable(self.dim).isel({self.dim: list(positions)}).values
-        return [_label(v) for v in values]
+        variable = self.stored.variable(self.dim).isel({self.dim: list(positions)})
+        return variable.to_index_variable().to_index()
+
+    def label_list(self, positions: Sequence[int]) -> list[Label]:
+        return [_label(v) for v in self.values(positions)]
 
     def named(self, runs: Sequence[tuple[int, int]], known: Mapping[int, Label]) -> list[Gap]:
         """Gaps for position runs; labels already known are not read again."""
@@ -387,8 +403,15 @@ def _labels_with_values(
     return result
 
 
+def labels_at(
+    session: icechunk.Session, group: str | None, append_dim: str, positions: Sequence[int]
+) -> pd.Index:
+    """The decoded labels at ``positions`` along ``append_dim``, reading only their chunks."""
+    return _Judge(session, group, append_dim).values(positions)
+
+
 def _label(value: Any) -> Label:
-    if isinstance(value, np.datetime64):
+    if isinstance(value, np.datetime64 | pd.Timestamp):
         return str(pd.Timestamp(value))
     if isinstance(value, np.integer | int):
         return int(value)
