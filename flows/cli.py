@@ -39,6 +39,7 @@ from flows.refusals import quiet_console
 from flows.results import WriteResult
 from flows.sources import SourceModel, SyntheticSource, parse_source
 from flows.targets import Target, TargetError
+from flows.validate import VALIDATE_EVERY
 from flows.write import (
     Encoding,
     RegionParameter,
@@ -415,8 +416,17 @@ def serve(
             "labels as fill values, the gap recorded)."
         ),
     ] = LateDataOption.wait,
+    validate_every: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Validate the archive every N seconds (it is also validated after each "
+            "scheduled append).",
+        ),
+    ] = VALIDATE_EVERY,
 ) -> None:
-    """Serve the deployments (append-scheduled, write, backfill, maintenance) until stopped.
+    """Serve the deployments (append-scheduled, write, backfill, validate, maintenance)
+    until stopped.
 
     Before serving it prints what the next scheduled run will write."""
     from deployments.serve import serve_deployments
@@ -434,6 +444,7 @@ def serve(
             scheduler_address=scheduler_address,
             start=start,
             late_data=late_data.value,
+            validate_every=validate_every,
             verbose=_verbose,
         )
 

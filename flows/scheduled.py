@@ -11,6 +11,10 @@ the missing label, and the next run, which asks again from the last stored label
 it once it is there: the archive never publishes a gap. ``late_data="hole"`` appends
 everything there is, writes the missing labels as fill values and records them as a gap in
 the commit, for a backfill to fill later.
+
+After its commit the run publishes the coverage (read from the commit's record: O(gaps),
+tasks/coverage.py) and runs the validate flow as a subflow (flows/validate.py), which
+requests a backfill for each gap.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from flows.results import WriteResult
 from flows.sources import Source, SourceModel, SyntheticSource
 from flows.sources.synthetic import SYNTHETIC_VARIABLES
 from flows.targets import Target
+from flows.validate import validate_flow
 from flows.write import RunOptions, append_flow
 from tasks.cluster import task_runner
 from tasks.coverage import coverage
@@ -119,6 +124,10 @@ def first_run_preview(
         "missing labels as fill values and records the gap in the commit (a backfill fills "
         "it later)."
     ),
+    validation=(
+        "Validate the archive after the append (freshness, NaN fraction, gaps, structure) and "
+        "request a backfill for each gap: the validate flow, run as part of this run."
+    ),
 )
 def scheduled_append_flow(
     target: Target,
@@ -129,6 +138,7 @@ def scheduled_append_flow(
     scheduler_address: Annotated[str | None, FORM] = None,
     start: Annotated[dt.datetime | None, FORM] = None,
     late_data: LateData = "wait",
+    validation: bool = True,
 ) -> WriteResult:
     """Append the source's labels after the last stored one up to the scheduled time,
     catching up runs that were missed; a run with nothing new makes no commit."""
@@ -168,4 +178,11 @@ def scheduled_append_flow(
         f"scheduled append of {target.describe()} at {until}",
         target,
     )
+    if validation:
+        # A subflow, not an event-triggered deployment: it validates exactly the commit this
+        # run made, shows as this run's child, and needs no automation service to run; the
+        # append's own outcome stands whatever validation finds or fails on.
+        state = validate_flow(target, group=group, append_dim=append_dim, return_state=True)
+        if not state.is_completed():
+            logger.warning("validation after the append did not complete: %s", state.message)
     return result

@@ -69,7 +69,7 @@ def serving(
     )
     try:
         with temporary_settings({PREFECT_API_URL: prefect_server}):
-            wait_until(lambda: len(_deployment_names()) == 4, 120, "icefloe serve to register")
+            wait_until(lambda: len(_deployment_names()) == 5, 120, "icefloe serve to register")
             yield home, source, process
     finally:
         stop(process)
