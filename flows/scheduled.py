@@ -37,11 +37,11 @@ from flows.results import WriteResult
 from flows.sources import Source, SourceModel, SyntheticSource
 from flows.sources.synthetic import SYNTHETIC_VARIABLES
 from flows.targets import Target
-from flows.validate import validate_flow
+from flows.validate import announce_refused_append, validate_flow
 from flows.write import RunOptions, append_flow
 from tasks.cluster import task_runner
 from tasks.coverage import coverage
-from tasks.errors import TargetNotFoundError
+from tasks.errors import TargetNotFoundError, is_refusal
 from tasks.plan import human_bytes
 from tasks.request import OnGap
 from tasks.stored import StoredGroup, normalize_group
@@ -158,20 +158,27 @@ def scheduled_append_flow(
         after = None if start is None else _as_naive_utc(start)
     else:
         logger.info("scheduled append: labels after %s up to %s", after, until)
-    result = append_flow(
-        target,
-        source,
-        append_dim=append_dim,
-        group=group,
-        on_overlap="skip",
-        scheduler_address=scheduler_address,
-        options=RunOptions(),
-        window_start=after,
-        window_end=until + pd.Timedelta(1, "ns"),
-        # the documented first run: an empty target gets the repository and the group
-        create_missing=True,
-        on_gap=LATE_DATA[late_data],
-    )
+    try:
+        result = append_flow(
+            target,
+            source,
+            append_dim=append_dim,
+            group=group,
+            on_overlap="skip",
+            scheduler_address=scheduler_address,
+            options=RunOptions(),
+            window_start=after,
+            window_end=until + pd.Timedelta(1, "ns"),
+            # the documented first run: an empty target gets the repository and the group
+            create_missing=True,
+            on_gap=LATE_DATA[late_data],
+        )
+    except Exception as err:
+        if validation and is_refusal(err):
+            # a source that drifted from the spec (a dtype, a unit) is refused with the
+            # branch unchanged: say so where users' automations listen
+            announce_refused_append(target, normalize_group(group), err)
+        raise
     repo = target.open_repository(credentials=load_credentials(target))
     publish_coverage(
         coverage(repo, normalize_group(group), append_dim, branch=target.branch),

@@ -48,6 +48,7 @@ __all__ = [
     "VALIDATE_EVERY",
     "VALIDATION_FAILED",
     "ValidationResult",
+    "announce_refused_append",
     "validate_flow",
 ]
 
@@ -227,6 +228,21 @@ def _emit_findings(found: Validation, target: Target) -> None:
                 ],
             },
         )
+
+
+def announce_refused_append(target: Target, group: str | None, error: BaseException) -> None:
+    """``icefloe.validation.failed`` for a scheduled append the plan refused (the branch
+    is unchanged): the source no longer fits the archive, and nothing else would tell."""
+    emit_event(
+        VALIDATION_FAILED,
+        resource=_resource(target, group),
+        payload={
+            "snapshot_id": None,
+            "failed": [
+                {"check": "append refused", "subject": where(target, group), "detail": str(error)}
+            ],
+        },
+    )
 
 
 def _publish(found: Validation, target: Target, requested: list[dict[str, Any]]) -> None:

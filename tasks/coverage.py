@@ -437,25 +437,25 @@ def _run(coroutine: Coroutine[Any, Any, set[int]]) -> set[int]:
 class CoverageChange:
     """What a write changes along its group's labels, for the record of its commit.
 
-    ``span`` is the positions [start, stop) along ``append_dim`` the write touched; None
-    means the whole group (create, overwrite, modify, or a region across every label).
+    ``spans`` are the positions [start, stop) the write touched, per dimension; None means
+    the whole group (create, overwrite, modify). A dimension missing from the spans of a
+    region write was written across all its labels.
     """
 
     group: str | None
     append_dim: str | None
-    span: tuple[int, int] | None
+    spans: Mapping[str, tuple[int, int]] | None
     replaces_group: bool = False
 
     @classmethod
     def of(cls, plan: WritePlan) -> CoverageChange:
-        replaces = plan.mode == "overwrite"
         if plan.mode == "append" and plan.append_dim is not None:
             span = plan.append_span or (0, 0)  # (0, 0): attributes only, no label changed
-            return cls(plan.group, plan.append_dim, span)
-        if plan.mode == "region" and plan.region is not None and len(plan.region) == 1:
-            ((dim, span),) = plan.region.items()
-            return cls(plan.group, dim, span)
-        return cls(plan.group, plan.append_dim, None, replaces)
+            return cls(plan.group, plan.append_dim, {plan.append_dim: span})
+        if plan.mode == "region" and plan.region is not None:
+            # the dimension is the group's record's (a region may span several)
+            return cls(plan.group, None, dict(plan.region))
+        return cls(plan.group, plan.append_dim, None, plan.mode == "overwrite")
 
 
 def _group_key(group: str | None) -> str:
@@ -491,8 +491,9 @@ def coverage_record(
     if dim is None:
         return carried
     try:
-        if previous is not None and previous.append_dim == dim and change.span is not None:
-            found = _updated(previous, session, *change.span)
+        spans = change.spans or {}
+        if previous is not None and previous.append_dim == dim and dim in spans:
+            found = _updated(previous, session, *spans[dim])
         else:
             found = full_coverage(session, change.group, dim)
     except ValueError:  # the group has no such dimension coordinate: nothing to record

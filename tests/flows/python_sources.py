@@ -56,3 +56,14 @@ def failing_lazily(start: str = "2020-01-01", periods: int = 24) -> xr.Dataset:
         data=da.map_blocks(_explode, data, dtype=data.dtype)
     )
     return ds
+
+
+def drifting(start: Any = None, end: Any = None, switch: str = "2020-01-02") -> xr.Dataset:
+    """Hourly synthetic labels in [start, end); windows that reach ``switch`` come with
+    ``air_temperature`` as float64: a provider changing a dtype mid-stream."""
+    import pandas as pd
+
+    ds = SyntheticSource(start="2020-01-01", **GRID).open(start, end)
+    if end is None or pd.Timestamp(end) > pd.Timestamp(switch):
+        ds["air_temperature"] = ds["air_temperature"].astype("float64")
+    return ds

@@ -194,3 +194,42 @@ def test_a_scheduled_append_validates_what_it_committed(
     assert f"Snapshot `{tip}`" in str(table.data)
     assert "24 of 24 labels hold data" in str(table.data)
     assert "| gaps | 24 labels | passed |" in str(table.data)
+
+
+@pytest.mark.usefixtures("events_to_this_api")
+def test_a_source_whose_dtype_drifts_is_refused_and_announced(
+    tmp_path: Path, scheduler_address: str
+) -> None:
+    target = Target(repo=str(tmp_path / "drift.icechunk"))
+    source = {"kind": "python", "function": "tests.flows.python_sources:drifting"}
+    scheduled_append_flow(
+        target,
+        source,
+        scheduled_time=dt.datetime(2020, 1, 1, 23),
+        scheduler_address=scheduler_address,
+    )
+    repo = icechunk.Repository.open(
+        icechunk.local_filesystem_storage(str(tmp_path / "drift.icechunk"))
+    )
+    tip = repo.lookup_branch("main")
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+
+    state = scheduled_append_flow(
+        target,
+        source,
+        scheduled_time=dt.datetime(2020, 1, 2, 5),
+        scheduler_address=scheduler_address,
+        return_state=True,
+    )
+
+    assert state.is_failed()
+    assert "air_temperature" in str(state.message)
+    assert "float64" in str(state.message)
+    assert repo.lookup_branch("main") == tip  # nothing of the refused run is visible
+    [event] = wait_until(
+        lambda: _events(VALIDATION_FAILED, archive_resource_id(target), since), 30, "the event"
+    )
+    [failed] = event.payload["failed"]
+    assert failed["check"] == "append refused"
+    assert "air_temperature" in failed["detail"]
+    assert event.payload["snapshot_id"] is None
