@@ -752,6 +752,11 @@ def _log_block(snapshot: Any, width: int) -> list[str]:
         lines += _wrapped(" · ".join(size), width)
     if block.get("variables"):
         lines += _wrapped("variables: " + ", ".join(block["variables"]), width)
+    for gap in block.get("gaps") or []:
+        # labels an append left as fill values (on_gap="fill", late_data="hole")
+        lines += _wrapped(f"gap: {gap['first']} … {gap['last']} ({gap['count']} labels)", width)
+    if block.get("stopped_before"):
+        lines += _wrapped(f"stopped before the missing label {block['stopped_before']}", width)
     if not snapshot.message.startswith("icefloe: "):  # icefloe's own repeats the lines above
         lines += _wrapped(snapshot.message, width)
     return lines

@@ -12,6 +12,7 @@ tasks/planners/guards.py and docs/spec.md.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import icechunk
@@ -20,10 +21,11 @@ import pandas as pd
 from flows.credentials import load_credentials
 from flows.locks import serialized
 from flows.metadata import current_run, package_version
-from flows.sources import SourceModel
+from flows.sources import SourceModel, parse_source
 from flows.targets import Target, safe_url
 from flows.write import open_source
 from tasks.commit import commit_lock, commit_session
+from tasks.coverage import RECORD_KEY, CoverageChange, coverage_record
 from tasks.errors import GroupNotFoundError, PlanError, TargetError, TargetNotFoundError
 from tasks.planners.guards import parse_label
 from tasks.spec import DatasetSpec, label_grid, label_text, labels_in, write_spec
@@ -100,13 +102,17 @@ def init_spec(
             if not stored.is_empty:
                 _check_describes(stored, declared, group)
             chosen = declared
+        if chosen == stored.spec:
+            return chosen, session.snapshot_id  # already the group's spec: nothing to commit
         write_spec(session.store, group, chosen)
         block = _metadata(chosen, group, "the group's arrays" if declared is None else "a spec")
+        # attributes only: the coverage record of the parent is carried on (tasks/coverage.py)
+        unchanged = CoverageChange.attributes_only(group)
         with commit_lock(repo):
             snapshot = commit_session(
                 session,
                 f"icefloe: spec of {f'group {group}' if group else 'the root group'}",
-                {"icefloe": block},
+                lambda s: {"icefloe": {**block, RECORD_KEY: coverage_record(repo, s, unchanged)}},
             )
     return chosen, snapshot
 
@@ -116,7 +122,7 @@ def diff_spec(
     group: str | None = None,
     *,
     spec: DatasetSpec | str | None = None,
-    source: SourceModel | None = None,
+    source: SourceModel | Mapping[str, Any] | str | None = None,
 ) -> list[str]:
     """How ``spec`` (a DatasetSpec or YAML) or what ``source`` would create differs from the
     group's spec (or, for a group without one, from the spec of its arrays), one sentence
@@ -132,7 +138,9 @@ def diff_spec(
         reference = DatasetSpec.from_group(stored)
     if source is not None:
         dim = reference.append_dim
-        ds = open_source.fn(source, append_dim=dim)  # a plain call: no Prefect run needed
+        ds = open_source.fn(
+            parse_source(source), append_dim=dim
+        )  # a plain call: no Prefect run needed
         found = DatasetSpec.from_dataset(ds, dim if dim in ds.dims else None)
         return reference.diff(found, structure_only=True, chunks=False)
     other = DatasetSpec.from_yaml(spec) if isinstance(spec, str) else spec
@@ -175,7 +183,10 @@ def _require_arrays(stored: StoredGroup, target: Target, group: str | None) -> N
 def _check_describes(stored: StoredGroup, declared: DatasetSpec, group: str | None) -> None:
     """A declared spec for a group that holds data must say what the data is."""
     found = DatasetSpec.from_group(stored, declared.append_dim, labels=pd.Index([]))
-    problems = [f"the group holds: {d}" for d in declared.diff(found, structure_only=True)]
+    problems = [
+        f"the spec differs from what the group holds (group → spec): {d}"
+        for d in found.diff(declared, structure_only=True)
+    ]
     labels = stored.indexes.get(declared.append_dim)
     if declared.is_regular and labels is not None and len(labels):
         try:
@@ -184,12 +195,13 @@ def _check_describes(stored: StoredGroup, declared: DatasetSpec, group: str | No
             problems.append(f"start {declared.start!r} is not a label like {labels[0]}")
         else:
             grid = label_grid(anchor, labels[-1], declared.step)
-            off = labels[~labels_in(labels, grid)]
-            if len(off):
+            on_grid = labels_in(grid, labels)
+            if len(grid) != len(labels) or not on_grid.all():
+                first = label_text(grid[~on_grid][0]) if not on_grid.all() else None
                 problems.append(
-                    f"stored labels {[label_text(x) for x in off[:3]]} along "
-                    f"{declared.append_dim!r} are not on the step {declared.step!r} from "
-                    f"{declared.start}"
+                    f"stored labels along {declared.append_dim!r} are not every "
+                    f"{declared.step!r} from the start {declared.start}"
+                    + (f" ({first} is not stored)" if first else "")
                 )
     if problems:
         raise PlanError(

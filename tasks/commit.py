@@ -71,7 +71,7 @@ def commit_session(
                     overlapping=False,
                 ) from err
         if attempt > 1:  # the first rebase is the expected one: the branch had moved before
-            delay = min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
+            delay = backoff(attempt, base_delay, max_delay)
             log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)
             time.sleep(delay)
         try:
@@ -86,6 +86,12 @@ def commit_session(
                 overlapping=overlapping or not conflicts,
             ) from err
     raise AssertionError("unreachable")
+
+
+def backoff(attempt: int, base_delay: float = 0.05, max_delay: float = 5.0) -> float:
+    """A jittered, growing wait before try ``attempt + 1``: writers that lost a race to the
+    same branch tip spread out instead of racing again in lockstep."""
+    return float(min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5))
 
 
 @contextmanager

@@ -448,10 +448,16 @@ class CoverageChange:
     replaces_group: bool = False
 
     @classmethod
+    def attributes_only(cls, group: str | None) -> CoverageChange:
+        """A commit that changes attributes only (a spec): the record is carried as it is."""
+        return cls(group, None, {})
+
+    @classmethod
     def of(cls, plan: WritePlan) -> CoverageChange:
         if plan.mode == "append" and plan.append_dim is not None:
-            span = plan.append_span or (0, 0)  # (0, 0): attributes only, no label changed
-            return cls(plan.group, plan.append_dim, {plan.append_dim: span})
+            if plan.append_span is None:
+                return cls.attributes_only(plan.group)
+            return cls(plan.group, plan.append_dim, {plan.append_dim: plan.append_span})
         if plan.mode == "region" and plan.region is not None:
             # the dimension is the group's record's (a region may span several)
             return cls(plan.group, None, dict(plan.region))
@@ -482,6 +488,8 @@ def coverage_record(
     block = parent.get("icefloe")
     carried: dict[str, Any] = dict(block.get(RECORD_KEY) or {}) if isinstance(block, dict) else {}
     key = _group_key(change.group)
+    if change.spans == {} and not change.replaces_group:
+        return carried  # no label changed
     previous = Coverage.from_record(change.group, carried[key]) if key in carried else None
     if change.replaces_group:  # an overwrite may delete subgroups as well
         carried = {k: v for k, v in carried.items() if not _inside(k, change.group)}

@@ -11,13 +11,14 @@ target then moves with a compare-and-swap.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import icechunk
 
-from tasks.commit import Metadata, commit_session
+from tasks.commit import Metadata, backoff, commit_session
 from tasks.errors import CommitConflictError, VerificationError
 
 if TYPE_CHECKING:
@@ -38,7 +39,7 @@ def publish(
     *,
     staging_branch: str | None = None,
     audit: Audit | None = None,
-    attempts: int = 5,
+    attempts: int = 12,
 ) -> str:
     """Merge ``changes`` (forks of ``base_snapshot``) and move ``branch`` to one new commit.
 
@@ -67,7 +68,19 @@ def publish(
                 repo.reset_branch(branch, snapshot, from_snapshot_id=tip)
                 return snapshot
             except icechunk.IcechunkError as err:
-                log.info("branch %r moved during publish (try %d): %s", branch, attempt, err)
+                # another run landed first: every lost try means some writer made progress,
+                # so waiting (jittered, growing) and rebasing again ends; racing at once can
+                # starve one run when many finish together on a busy machine
+                delay = backoff(attempt)
+                log.info(
+                    "branch %r moved during publish (try %d), rebasing again in %.2f s: %s",
+                    branch,
+                    attempt,
+                    delay,
+                    err,
+                )
+                if attempt < attempts:
+                    time.sleep(delay)
         raise CommitConflictError(
             f"branch {branch!r} kept moving during {attempts} publish attempts; nothing was "
             "published — retry later or serialize the writers",

@@ -211,7 +211,9 @@ class DatasetSpec(BaseModel):
             append_dim=dim,
             start=label_text(labels[0]) if labels is not None and len(labels) else "",
             step=infer_step(labels) if labels is not None else IRREGULAR,
-            variables={name: VariableSpec.of_array(a) for name, a in stored.arrays.items()},
+            variables={
+                name: VariableSpec.of_array(stored.arrays[name]) for name in sorted(stored.arrays)
+            },
             time_encoding=TimeEncoding.of_array(time_array) if time_array is not None else None,
         )
 
@@ -563,13 +565,20 @@ def _same_label(a: Any, b: Any) -> bool:
 
 
 def labels_in(labels: pd.Index, among: pd.Index) -> np.ndarray[Any, np.dtype[np.bool_]]:
-    if len(labels) and isinstance(labels[0], float | np.floating):
-        values = np.asarray(labels, dtype=float)
-        others = np.asarray(among, dtype=float)
-        if not len(others):
-            return np.zeros(len(values), dtype=bool)
-        return np.isclose(values[:, None], others[None, :]).any(axis=1)
-    return np.asarray(labels.isin(among), dtype=bool)
+    """Which of ``labels`` are in ``among``; float labels within rounding of a step sum."""
+    if not len(labels) or not isinstance(labels[0], float | np.floating):
+        return np.asarray(labels.isin(among), dtype=bool)
+    values = np.asarray(labels, dtype=float)
+    others = np.sort(np.asarray(among, dtype=float))
+    if not len(others):
+        return np.zeros(len(values), dtype=bool)
+    # the nearest of the sorted others on either side, never all pairs
+    right = np.clip(np.searchsorted(others, values), 0, len(others) - 1)
+    left = np.clip(right - 1, 0, len(others) - 1)
+    found: np.ndarray[Any, np.dtype[np.bool_]] = np.isclose(values, others[right]) | np.isclose(
+        values, others[left]
+    )
+    return found
 
 
 def _validation_text(err: ValidationError) -> str:

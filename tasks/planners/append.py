@@ -35,7 +35,7 @@ from tasks.planners.guards import (
     missing_value,
 )
 from tasks.request import OnGap, OnOverlap, WriteMode
-from tasks.spec import step_of_timedelta
+from tasks.spec import IRREGULAR, infer_step, step_of_timedelta
 from tasks.stored import SPEC_KEY, StoredGroup, dtype_label
 
 
@@ -121,6 +121,7 @@ class AppendPlanner(Planner):
             self.on_step = check_first_labels(
                 labels, self.stored.spec, self.on_gap, dim, self.problems
             )
+        if self.on_step.keep is not None or self.on_step.labels is not None:
             fills = {
                 str(n): missing_value(v, v.encoding.get("_FillValue"))
                 for n, v in self.ds.variables.items()
@@ -421,6 +422,10 @@ class AppendPlanner(Planner):
         step = _regular_step(stored_labels)
         if step is None and len(stored_labels) == 1 and len(fresh) > 1:
             step = _regular_step(fresh)
+            if step is None:
+                # one stored label and new ones with a hole: their common step, if any
+                inferred = infer_step(stored_labels.append(fresh))
+                return None if inferred == IRREGULAR else inferred
         return None if step is None else step_of_timedelta(step)
 
 

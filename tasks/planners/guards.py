@@ -318,8 +318,7 @@ def missing_value(variable: xr.Variable, fill_value: Any) -> Any:
     if kind in "fc":
         return np.nan
     if kind in "mM":
-        unit = np.datetime_data(variable.dtype)[0]
-        return np.datetime64("NaT", unit) if kind == "M" else np.timedelta64("NaT", unit)
+        return np.array("NaT", dtype=variable.dtype)[()]  # NaT in the variable's own unit
     if kind in "iub" and fill_value is not None:
         return fill_value
     return None

@@ -144,3 +144,22 @@ def test_served_runs_keep_chatter_off_the_console_unless_asked(
     monkeypatch.delenv("DASK_LOGGING__DISTRIBUTED", raising=False)
     monkeypatch.setenv("ICECHUNK_LOG", "debug")  # the user's choice wins
     assert quiet_run_environment() == {"DASK_LOGGING__DISTRIBUTED": "warning"}
+
+
+def test_the_late_data_policy_is_a_parameter_of_both_scheduled_appends() -> None:
+    """``late_data`` (docs/spec.md) is set the same way by prefect.yaml and ``icefloe serve``,
+    and ``serve --late-data hole`` reaches the deployment without editing YAML."""
+    from_yaml = {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
+    target, source = Target(repo="/tmp/era5.icechunk"), SyntheticSource()
+
+    def scheduled(**kwargs: Any) -> dict[str, Any]:
+        (deployment,) = [
+            d
+            for d in build_deployments(target=target, source=source, interval=60, **kwargs)
+            if d.name == "append-scheduled"
+        ]
+        return dict(deployment.parameters)
+
+    assert from_yaml["append-scheduled"]["parameters"]["late_data"] == "wait"
+    assert scheduled()["late_data"] == "wait"
+    assert scheduled(late_data="hole")["late_data"] == "hole"

@@ -128,6 +128,29 @@ def test_create_append_dry_run_and_log(tmp_path: Path, scheduler_address: str) -
     assert "2020-01-02T00:00:00" in history.stdout or "2020-01-02 00:00:00" in history.stdout
 
 
+def test_append_with_a_hole_on_gap_and_the_gap_in_the_log(
+    tmp_path: Path, scheduler_address: str
+) -> None:
+    repo_path = tmp_path / "repo"
+    common = ["--target", str(repo_path), "--scheduler-address", scheduler_address]
+    assert (
+        runner.invoke(app, ["create", *common, "--source", source_json(periods=24)]).exit_code == 0
+    )
+    late = ["--source", source_json("2020-01-02T06", 6)]  # 2020-01-02 00:00 … 05:00 missing
+
+    refused = runner.invoke(app, ["append", *common, *late])
+    assert refused.exit_code == 1
+    assert "leave a gap on its step 'h'" in refused.stderr
+
+    filled = runner.invoke(app, ["append", *common, *late, "--on-gap", "fill"])
+    assert filled.exit_code == 0, filled.output
+    back = read_back(repository(repo_path))
+    assert back.sizes["time"] == 36
+    assert back.air_temperature.isel(time=slice(24, 30)).isnull().all()
+    history = runner.invoke(app, ["log", "--target", str(repo_path)], env={"COLUMNS": "100"})
+    assert "gap: 2020-01-02T00:00:00 … 2020-01-02T05:00:00 (6 labels)" in history.stdout
+
+
 def test_region_takes_json(tmp_path: Path, scheduler_address: str) -> None:
     repo_path = tmp_path / "repo"
     common = ["--target", str(repo_path), "--scheduler-address", scheduler_address]

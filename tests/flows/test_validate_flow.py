@@ -201,13 +201,15 @@ def test_a_source_whose_dtype_drifts_is_refused_and_announced(
     tmp_path: Path, scheduler_address: str
 ) -> None:
     target = Target(repo=str(tmp_path / "drift.icechunk"))
-    source = {"kind": "python", "function": "tests.flows.python_sources:drifting"}
+    source: dict[str, Any] = {"kind": "python", "function": "tests.flows.python_sources:drifted"}
     scheduled_append_flow(
         target,
         source,
         scheduled_time=dt.datetime(2020, 1, 1, 23),
         scheduler_address=scheduler_address,
     )
+    # from the next day on, the provider sends the temperature as float64
+    source["kwargs"] = {"dtype": "float64", "periods": 48}
     repo = icechunk.Repository.open(
         icechunk.local_filesystem_storage(str(tmp_path / "drift.icechunk"))
     )

@@ -91,7 +91,8 @@ def test_stale_data_missing_values_a_gap_and_a_changed_unit_fail(
     assert found.freshness.lag == dt.timedelta(days=8)
     pr = next(n for n in found.nan_fractions if n.variable == "pr")
     expected = float(np.isnan(ds.pr.isel(time=slice(8, 12)).values).mean())
-    assert pr.fraction == pytest.approx(expected) and pr.failed
+    assert pr.fraction == pytest.approx(expected)
+    assert pr.failed
     assert not next(n for n in found.nan_fractions if n.variable == "tas").failed
     assert found.backfill_requests() == [
         {"start": "2000-01-06T00:00:00", "end": "2000-01-08T00:00:00", "group": "g", "labels": 2}

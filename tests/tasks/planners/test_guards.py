@@ -217,7 +217,8 @@ def test_on_gap_stop_appends_up_to_the_first_missing_label(repo, archive) -> Non
     # a run that finds nothing after the gap changes nothing
     before = tip(repo)
     plan = write(repo, archive.isel(time=[12]), lambda w: w.for_append(group="g", on_gap="stop"))
-    assert plan.changes_nothing and plan.stopped_at == "2020-01-01T11:00:00"
+    assert plan.changes_nothing
+    assert plan.stopped_at == "2020-01-01T11:00:00"
     assert tip(repo) == before
 
 
@@ -283,6 +284,16 @@ def test_a_declared_step_holds_from_the_first_label(repo) -> None:
     write_spec(session.store, "g", spec)
     session.commit("declare the step")
     refused(repo, ds.isel(time=[2]), lambda w: w.for_append(group="g"), "leave a gap")
+
+
+def test_a_hole_after_a_single_stored_label_is_found_by_the_new_labels_step(repo) -> None:
+    ds = hourly(6)
+    ds.time.encoding["units"] = "hours since 2020-01-01"  # one label alone would get days
+    write(repo, ds.isel(time=[0]), lambda w: w.for_create_or_overwrite(group="g"))
+    assert spec_of(repo).step == "irregular"  # one label has no step of its own
+    refused(repo, ds.isel(time=[1, 2, 4]), lambda w: w.for_append(group="g"), "2020-01-01T03:00:00")
+    plan = write(repo, ds.isel(time=[1, 2, 4]), lambda w: w.for_append(group="g", on_gap="stop"))
+    assert plan.stopped_at == "2020-01-01T03:00:00"
 
 
 # -- a spec declared before the group's first write ---------------------------------------------
