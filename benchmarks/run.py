@@ -26,7 +26,7 @@ from typing import Any
 from benchmarks import measure, report
 from benchmarks.infra import drain_prefect, machine, prefect_server, prefect_settings, versions
 
-SECTIONS = ("bulk", "fixed", "appends", "scaling", "resume", "backfill")
+SECTIONS = ("bulk", "fixed", "appends", "scaling", "resume", "backfill", "postcommit")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -120,6 +120,7 @@ def main(argv: list[str] | None = None) -> int:
             "scaling": lambda: measure.scaling(bench),
             "resume": lambda: measure.resume(bench),
             "backfill": lambda: measure.backfill(bench),
+            "postcommit": lambda: measure.post_commit(bench),
         }
         for name, step in steps.items():
             if name not in only:

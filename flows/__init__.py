@@ -6,6 +6,7 @@ from flows.results import WriteResult
 from flows.scheduled import scheduled_append_flow
 from flows.sources import Source
 from flows.targets import Target
+from flows.validate import validate_flow
 from flows.write import (
     RunOptions,
     append_flow,
@@ -27,5 +28,6 @@ __all__ = [
     "modify_flow",
     "region_flow",
     "scheduled_append_flow",
+    "validate_flow",
     "write_flow",
 ]

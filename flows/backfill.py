@@ -135,7 +135,7 @@ def backfill_flow(
         StoredGroup(repo.readonly_session(branch=target.branch).store, group), group, append_dim
     )
     backfill.extend_to(repo, windows)
-    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+    found = coverage(repo, group, append_dim, branch=target.branch)
     todo = [w for w in windows if found.missing_between(w.start, w.end)]
     logger.info(
         "backfill %s → %s: %d windows, %d hold data already, %d to write, %d at a time",
@@ -151,15 +151,15 @@ def backfill_flow(
         description=f"backfill of {target.describe()}: {len(todo)} windows to write",
     )
     _run_windows(todo, batch, progress, backfill.write_window)
-    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+    found = coverage(repo, group, append_dim, branch=target.branch)
     publish_coverage(found, f"backfill of {target.describe()}", target)
     return BackfillResult(
         windows=len(windows),
         windows_written=len(todo),
         windows_already_filled=len(windows) - len(todo),
         labels_present=found.n_present,
-        labels_total=len(found.labels),
-        gaps=len(found.gaps()),
+        labels_total=found.n_labels,
+        gaps=len(found.gaps),
     )
 
 
