@@ -45,6 +45,7 @@ from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import Source, SourceModel
+from flows.sources.window import to_timestamp
 from flows.targets import Target
 from flows.write import WriteRun, open_source, run_write
 from tasks.cluster import task_runner
@@ -76,6 +77,15 @@ class Window:
 
     def __str__(self) -> str:
         return f"[{self.start}, {self.end})"
+
+
+def _not_after(end: pd.Timestamp, label: Any) -> bool:
+    """Whether ``end`` is at or before ``label`` (a datetime64 or cftime label); False when
+    the label has no Gregorian counterpart (30 February in 360_day) to compare with."""
+    try:
+        return bool(end <= to_timestamp(label, "the last stored label"))
+    except ValueError:
+        return False
 
 
 def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
@@ -240,6 +250,8 @@ class _Backfill:
             stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
         _check_dimension(stored, self.group, self.append_dim)
         last = stored.indexes[self.append_dim][-1]
+        if _not_after(windows[-1].end, last):
+            return  # every window lies inside the stored labels: nothing to grow
         beyond = open_source(self.source, last, windows[-1].end, self.append_dim)
         labels = beyond.indexes[self.append_dim]
         labels = labels[labels > last]

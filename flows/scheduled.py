@@ -41,7 +41,7 @@ from flows.validate import announce_refused_append, validate_flow
 from flows.write import RunOptions, append_flow
 from tasks.cluster import task_runner
 from tasks.coverage import coverage
-from tasks.errors import TargetNotFoundError, is_refusal
+from tasks.errors import RequestError, TargetNotFoundError, is_refusal
 from tasks.plan import human_bytes
 from tasks.request import OnGap
 from tasks.stored import StoredGroup, normalize_group
@@ -154,6 +154,12 @@ def scheduled_append_flow(
     except TargetNotFoundError:
         after = None  # a first run creates the repository and the group from the source's start
     if after is None:
+        if start is None and source.needs_window_start:
+            raise RequestError(
+                f"the first scheduled run into an empty target cannot tell where "
+                f"{source.describe()} begins (its paths are named by the window start): give "
+                "the first label to write as start (icefloe serve --start 2024-01-01)"
+            )
         logger.info("scheduled append: %s", first_run_preview(source, until, start))
         after = None if start is None else _as_naive_utc(start)
     else:

@@ -4,7 +4,9 @@
     init_spec(target, group, spec=None, ...)    store one, inferred from the stored arrays
                                                 or given (YAML): one commit carrying the
                                                 icefloe metadata block
-    diff_spec(target, group, spec= | source=)   what a YAML spec or a source changes
+    diff_spec(target, group, spec= | source= | dataset=)
+                                                what a YAML spec, a source or a dataset
+                                                changes
 
 The spec itself, the guards it drives and the late-data policy: tasks/spec.py,
 tasks/planners/guards.py and docs/spec.md.
@@ -17,6 +19,7 @@ from typing import Any
 
 import icechunk
 import pandas as pd
+import xarray as xr
 
 from flows.credentials import load_credentials
 from flows.locks import serialized
@@ -123,25 +126,27 @@ def diff_spec(
     *,
     spec: DatasetSpec | str | None = None,
     source: SourceModel | Mapping[str, Any] | str | None = None,
+    dataset: xr.Dataset | None = None,
 ) -> list[str]:
-    """How ``spec`` (a DatasetSpec or YAML) or what ``source`` would create differs from the
-    group's spec (or, for a group without one, from the spec of its arrays), one sentence
-    each; empty when they agree. A source is compared on structure only, without chunks: a
-    write keeps the stored chunks, and its labels are its own."""
-    if (spec is None) == (source is None):
-        raise ValueError("compare either a spec or a source with the group, not both or neither")
+    """How ``spec`` (a DatasetSpec or YAML), or what ``source`` or ``dataset`` would create,
+    differs from the group's spec (for a group without one: the spec of its arrays), one
+    sentence each; empty when they agree. Data is compared on structure only, without
+    chunks: a write keeps the stored chunks, and its labels are its own."""
+    if sum(x is not None for x in (spec, source, dataset)) != 1:
+        raise ValueError("compare one of a spec, a source or a dataset with the group")
     group = normalize_group(group)
     stored = _stored(_open(target), target, group)
     reference = stored.spec
     if reference is None:
         _require_arrays(stored, target, group)
         reference = DatasetSpec.from_group(stored)
-    if source is not None:
+    if source is not None or dataset is not None:
         dim = reference.append_dim
-        ds = open_source.fn(
-            parse_source(source), append_dim=dim
-        )  # a plain call: no Prefect run needed
-        found = DatasetSpec.from_dataset(ds, dim if dim in ds.dims else None)
+        if dataset is None:
+            assert source is not None
+            # a plain call of the task's function: no Prefect run is needed to compare
+            dataset = open_source.fn(parse_source(source), append_dim=dim)
+        found = DatasetSpec.from_dataset(dataset, dim if dim in dataset.dims else None)
         return reference.diff(found, structure_only=True, chunks=False)
     other = DatasetSpec.from_yaml(spec) if isinstance(spec, str) else spec
     assert other is not None

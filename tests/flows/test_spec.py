@@ -144,6 +144,13 @@ def test_diff_against_a_yaml_file_and_against_a_source(legacy: Target, tmp_path:
     assert diff_spec(legacy, source=drifted) == [
         "variable 'air_temperature': dtype float32 → float64, units 'K' → 'degC'"
     ]
+    from tests.flows.python_sources import drifted as drifted_data
+
+    renamed = drifted_data(periods=3).rename(air_temperature="tas")
+    assert diff_spec(legacy, dataset=renamed) == [
+        "variable 'air_temperature' is missing",
+        "variable 'tas' is new",
+    ]
     shown = runner.invoke(
         app, ["spec", "diff", "--target", legacy.repo, "--source", json.dumps(drifted)]
     )
