@@ -428,6 +428,7 @@ POST_COMMIT_COLUMNS = (
     ("after_commit", "after its commit (Prefect: commit end → run end)"),
     ("record", "coverage record at commit"),
     ("read_and_draw", "coverage read + markdown + PNG"),
+    ("validation", "validation's checks (tasks.validation.validate)"),
     ("full_judgement", "direct alternative: every label judged + markdown + PNG"),
 )
 
@@ -444,8 +445,10 @@ def _post_commit(pc: dict[str, Any]) -> list[str]:
         f"{grid['ny']} × {grid['nx']} grid, chunks of {grid['time_chunk']} labels, one gap of "
         "48 labels), interleaved. What a run does after its commit (read from Prefect: the "
         "end of its commit task to the end of the run) is reading the coverage from the "
-        "commit's record and publishing its table and PNG; the record itself is computed at "
-        "the commit from the parent's, judging only the new label. The direct alternative is "
+        "commit's record, publishing its table and PNG, and validating the archive (a "
+        "subflow: freshness, NaN fraction, gaps, structure, its own table and PNG); the "
+        "record itself is computed at the commit from the parent's, judging only the new "
+        "label. The direct alternative is "
         "what every scheduled run paid after its commit before: judging every label again. "
         "Each archive's first run (not counted) recorded its coverage once, judged whole.",
         "",
@@ -464,7 +467,8 @@ def _post_commit(pc: dict[str, Any]) -> list[str]:
         "",
         f"In short: after its commit, a run on {large:,} labels took {ratios['after_commit']:.2f}× "
         f"the time of one on {small:,} (the coverage read and drawn: "
-        f"{ratios['read_and_draw']:.2f}×; the record at the commit: {ratios['record']:.2f}×, "
+        f"{ratios['read_and_draw']:.2f}×; the validation's checks: {ratios['validation']:.2f}×; "
+        f"the record at the commit: {ratios['record']:.2f}×, "
         f"{1e3 * rows[large]['record']['median']:.0f} ms), where judging every label again took "
         f"{ratios['full_judgement']:.0f}×. What remains after the commit is Prefect's: the "
         "artifacts' API calls and the end of the runs.",
@@ -635,8 +639,8 @@ def _plot_post_commit(ax: Any, pc: dict[str, Any]) -> None:
     if _empty(ax, "8. after the commit, by archive length", pc):
         return
     rows = pc["rows"]
-    keys = ("after_commit", "record", "read_and_draw", "full_judgement")
-    for key, marker in zip(keys, "osD^", strict=True):
+    keys = ("after_commit", "record", "read_and_draw", "validation", "full_judgement")
+    for key, marker in zip(keys, "osDv^", strict=True):
         name = dict(POST_COMMIT_COLUMNS)[key]
         ax.plot(
             [r["labels"] for r in rows],

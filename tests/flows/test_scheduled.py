@@ -108,7 +108,7 @@ def test_wait_appends_up_to_the_missing_window_and_the_next_run_heals(
     xr.testing.assert_allclose(
         back[["air_temperature"]], expected([0, 1, 2, 3])[["air_temperature"]]
     )
-    assert not coverage(target.open_repository().readonly_session(branch="main")).gaps()
+    assert not coverage(target.open_repository()).gaps
 
 
 def test_wait_on_an_empty_target_creates_the_group_up_to_the_missing_window(
@@ -147,7 +147,7 @@ def test_hole_appends_everything_records_the_gap_and_a_backfill_fills_it(
     assert blocks(target)[-1]["gaps"] == [
         {"first": "2020-01-01T12:00:00", "last": "2020-01-01T17:00:00", "count": 6}
     ]
-    [gap] = coverage(repo.readonly_session(branch="main")).gaps()
+    [gap] = coverage(repo).gaps
     assert (str(gap.first), str(gap.last), gap.count) == (
         "2020-01-01 12:00:00",
         "2020-01-01 17:00:00",
@@ -168,4 +168,4 @@ def test_hole_appends_everything_records_the_gap_and_a_backfill_fills_it(
     xr.testing.assert_allclose(
         back[["air_temperature"]], expected([0, 1, 2, 3])[["air_temperature"]]
     )
-    assert not coverage(target.open_repository().readonly_session(branch="main")).gaps()
+    assert not coverage(target.open_repository()).gaps
