@@ -133,6 +133,11 @@ FINDINGS = """\
   coordinate; its chunks are as long as the group's first write (24 labels here, so 42
   chunks after 1,000 appends). A longer time chunk for the coordinate, or planning appends
   from the last stored label, would make an append's cost independent of the archive's length.
+- **The coverage record grows with the chunk manifest** (measurement 8: 0.04 s at 10³
+  labels, 0.18 s at 10⁶). Asking icechunk whether the new label's chunks exist loads each
+  variable's manifest, which lists every chunk (the commit rewrites those manifests
+  anyway). icechunk's manifest splitting (`ManifestSplittingConfig` along the append
+  dimension) would bound both.
 - **create_flow vs to_icechunk for 2 GB** (measurement 1): the two batches of the default
   (one per GiB) cost a barrier between them; Prefect's start and exit (heartbeat join
   included) about 0.5–1 s. The library alone is at parity with icechunk's to_icechunk.
