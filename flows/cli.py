@@ -34,6 +34,7 @@ from rich.progress import (
 )
 
 from flows.backfill import backfill_flow, windows_between
+from flows.launch import wait_for_temporary_api
 from flows.options import loads_json, validate, validation_message
 from flows.refusals import quiet_console
 from flows.results import WriteResult
@@ -133,8 +134,13 @@ def main(
         # went to stderr on every command, ahead of the one line that matters; they are
         # for library users, and --verbose (or ICECHUNK_LOG) shows them.
         icechunk.set_logs_filter("error")
-    # The local cluster's start-up and shutdown chatter would bury the run's own log lines.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if not verbose:
+        # A local cluster's start-up and shutdown chatter (a dozen INFO lines per worker)
+        # would bury the run's own log lines: here, and in the worker processes, which read
+        # dask's configuration from the environment. --verbose, or the variable set to
+        # "info", shows them.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     # The temporary Prefect server a run without PREFECT_API_URL starts would try to send
     # usage telemetry, and log an ERROR wherever there is no network; a user who wants it
     # sets the variable.
@@ -348,6 +354,7 @@ def backfill(
                 console.print(f"  {window}")
             return
         runnable = on_scheduler(backfill_flow, scheduler_address)
+        wait_for_temporary_api()
         with _progress_bar(), quiet_console():
             result = runnable(
                 target=parsed_target,
@@ -591,6 +598,7 @@ def _write(
         # Options are parsed (and refused) after --target and --source, in the order given.
         options = {k: v() if callable(v) else v for k, v in options.items()}
         runnable = on_scheduler(flow, scheduler_address)
+        wait_for_temporary_api()
         with _progress_bar(), quiet_console():
             result: WriteResult = runnable(
                 target=parsed_target,
@@ -722,10 +730,12 @@ def _print_result(result: WriteResult, dry_run: bool) -> None:
     if result.snapshot_id is None:
         console.print(f"Nothing to write: branch {result.branch} already holds the source's data.")
         return
+    # soft_wrap: one line, never broken mid-sentence at 80 columns when piped or logged
     console.print(
         f"Committed [bold]{result.snapshot_id}[/bold] to branch {result.branch}: {result.mode} "
         f"of {result.group or 'the root group'}, {len(result.variables)} variables, "
-        f"{result.chunks_written} chunks, {human_bytes(result.bytes_written)}."
+        f"{result.chunks_written} chunks, {human_bytes(result.bytes_written)}.",
+        soft_wrap=True,
     )
 
 

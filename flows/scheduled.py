@@ -38,12 +38,12 @@ from flows.sources import Source, SourceModel, SyntheticSource
 from flows.sources.synthetic import SYNTHETIC_VARIABLES
 from flows.targets import Target
 from flows.validate import announce_refused_append, validate_flow
-from flows.write import RunOptions, append_flow
+from flows.write import RunOptions, WriteRun, run_write
 from tasks.cluster import task_runner
 from tasks.coverage import coverage
 from tasks.errors import RequestError, TargetNotFoundError, is_refusal
 from tasks.plan import human_bytes
-from tasks.request import OnGap
+from tasks.request import OnGap, WriteRequest
 from tasks.stored import StoredGroup, normalize_group
 
 __all__ = ["LATE_DATA", "LateData", "first_run_preview", "last_label", "scheduled_append_flow"]
@@ -164,20 +164,27 @@ def scheduled_append_flow(
         after = None if start is None else _as_naive_utc(start)
     else:
         logger.info("scheduled append: labels after %s up to %s", after, until)
+    # run_write itself, not append_flow as a subflow: a subflow is one more flow run to
+    # create and finish, and a synchronous one waits for its heartbeat thread at exit, all
+    # inside this run's time (a run with nothing new took about a second more).
     try:
-        result = append_flow(
-            target,
-            source,
-            append_dim=append_dim,
-            group=group,
-            on_overlap="skip",
-            scheduler_address=scheduler_address,
-            options=RunOptions(),
-            window_start=after,
-            window_end=until + pd.Timedelta(1, "ns"),
-            # the documented first run: an empty target gets the repository and the group
-            create_missing=True,
-            on_gap=LATE_DATA[late_data],
+        result = run_write(
+            WriteRun(
+                target,
+                source,
+                WriteRequest(
+                    mode="append",
+                    group=group,
+                    append_dim=append_dim,
+                    on_overlap="skip",
+                    on_gap=LATE_DATA[late_data],
+                ),
+                scheduler_address=scheduler_address,
+                options=RunOptions(),
+                window=(after, until + pd.Timedelta(1, "ns")),
+                # the documented first run: an empty target gets the repository and the group
+                create_repository=True,
+            )
         )
     except Exception as err:
         if validation and is_refusal(err):

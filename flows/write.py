@@ -36,6 +36,7 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows import heartbeats
 from flows.credentials import load_credentials
 from flows.forms import FORM, Tabs, form_properties
 from flows.lifeline import ensure_lifeline
@@ -59,6 +60,9 @@ from tasks.publish import Audit
 from tasks.request import OnGap, OnOverlap, RegionSpec, WriteMode, WriteRequest
 from tasks.stored import StoredGroup
 from tasks.writer import XarrayDatasetWriter
+
+# synchronous flow runs end without waiting out their heartbeat thread's sleep
+heartbeats.install()
 
 __all__ = [
     "RegionParameter",
