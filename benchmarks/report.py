@@ -172,6 +172,11 @@ FINDINGS = """\
   distributed` alone takes over a second here; xarray also imports `pint` (installed by the
   test extras' arm_pyart, not by icefloe) on its first index. A CLI command cannot start
   much faster without fewer dependencies in its process.
+- **The coverage record grows with the chunk manifest** (measurement 8: 0.04 s at 10³
+  labels, 0.18 s at 10⁶). Asking icechunk whether the new label's chunks exist loads each
+  variable's manifest, which lists every chunk (a commit writes a new manifest of the
+  array's chunks anyway). icechunk's manifest splitting (`ManifestSplittingConfig` along
+  the append dimension) would bound both.
 - **Back-to-back runs on one group wait for the metadata lock** only on object storage
   (a lease branch); on a local filesystem the lock is an flock.
 - **Resume keys**: the default run key includes the base snapshot's write time, so a
