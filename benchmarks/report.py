@@ -45,6 +45,14 @@ def _iqr(stats: dict[str, Any], digits: int = 2) -> str:
     return f"{stats['q1']:.{digits}f}–{stats['q3']:.{digits}f}"
 
 
+def _quiet(stats: dict[str, Any], digits: int = 2) -> str:
+    """The median of the runs other work did not disturb, and how many there were."""
+    n = len(stats.get("values", [])) - stats.get("busy", 0)
+    if not stats.get("conditions") or not n:
+        return "—"
+    return f"{stats['quiet_median']:.{digits}f} ({n})"
+
+
 def _busy(stats: dict[str, Any]) -> str:
     """How many runs other work disturbed, of how many."""
     n = len(stats.get("values", []))
@@ -163,24 +171,29 @@ CHANGES = """\
 """
 
 FINDINGS = """\
-- **The write is CPU-bound and the same for every path.** A py-spy profile of the workers
-  during a 1 GB write (to_icechunk and to_zarr alike) shows most of their time in zstd
-  compression (`ZstdCodec._encode_sync`), then generating the data; the icechunk and zarr
-  stores themselves are a few percent. create_flow can only match to_icechunk by losing no
-  time around the same computation: its ratio is 1 + (fixed costs + idle workers) / write.
-- **Imports bound a command's start.** `import prefect, xarray, icechunk, zarr, dask.array,
-  distributed` alone takes over a second here; xarray also imports `pint` (installed by the
-  test extras' arm_pyart, not by icefloe) on its first index. A CLI command cannot start
-  much faster without fewer dependencies in its process.
-- **The coverage record grows with the chunk manifest** (measurement 8: 0.04 s at 10³
-  labels, 0.18 s at 10⁶). Asking icechunk whether the new label's chunks exist loads each
-  variable's manifest, which lists every chunk (a commit writes a new manifest of the
-  array's chunks anyway). icechunk's manifest splitting (`ManifestSplittingConfig` along
-  the append dimension) would bound both.
-- **Back-to-back runs on one group wait for the metadata lock** only on object storage
-  (a lease branch); on a local filesystem the lock is an flock.
-- **Resume keys**: the default run key includes the base snapshot's write time, so a
-  repository deleted and re-created at the same path no longer resumes the old one's work.
+- **The write is CPU-bound and the same for every path.** py-spy on the workers during a
+  to_icechunk of 0.5 GB: their dask thread spent 25 % generating the data and 74 % waiting
+  for zarr, whose executor thread was compressing (zstd) for nine tenths of that wait; the
+  icechunk store itself is a few percent. icefloe's graph for the same data has the same
+  tasks as icechunk's (plus three tiny computations of coordinates). create_flow can only
+  match to_icechunk by losing no time and no CPU around the same computation.
+- **Prefect's share is CPU as much as time.** Counted per process (`/proc`) around one
+  0.5 GB write on the same cluster: the flow process used 0.2–0.3 CPU-s more than
+  to_icechunk's, the Prefect server 0.3 CPU-s more (after this change; 0.7 before, when
+  a run made 43 API requests per 10 s, 28 now). On two cores that the workers keep busy,
+  that CPU is taken from them. What is left is a flow run's own requests (the run, its
+  states, 7 task runs' events, logs, artifacts) and the cancellation poll.
+- **Imports bound a command's start.** `icefloe append` of 1 MB used about 3.4 CPU-s, of
+  which importing the command took 2.4–2.9 (prefect alone about 0.55 s of its own, then
+  pandas, numpy, zarr, dask, distributed; xarray imports `pint` and dask imports `scipy`
+  when installed, as the test extras do). The 1.5 s target needs fewer modules in the
+  command's process (for example distributed and prefect-dask only when a cluster is
+  used), which the flows' DaskTaskRunner, built when the flow is defined, does not allow
+  today.
+- **Not tried for lack of a quiet machine:** writing two zarr chunks per dask task
+  (zarr then compresses and stores them concurrently, overlapping a worker's I/O with
+  compression); under a load average of 12–28 it measured no better than one per task.
+  icechunk's `split_every` (2, default, 64) made no difference that the noise let through.
 - **The coverage record grows with the chunk manifest** (measurement 8: 0.04 s at 10³
   labels, 0.18 s at 10⁶). Asking icechunk whether the new label's chunks exist loads each
   variable's manifest, which lists every chunk; manifest splitting along the append
@@ -199,7 +212,7 @@ def _headline(r: dict[str, Any]) -> list[str]:
         paired = b.get("flow_ratio_paired") or {}
         quiet = b.get("flow_ratio_quiet")
         quiet_text = (
-            f"; runs neither disturbed: {quiet['median']:.2f}× ({len(quiet['values'])} pairs)"
+            f"; runs neither disturbed: {quiet['median']:.2f}× ({len(quiet['values'])} pair{'s' if len(quiet['values']) != 1 else ''})"
             if quiet
             else "; every pair had a disturbed run"
         )
@@ -223,9 +236,17 @@ def _headline(r: dict[str, Any]) -> list[str]:
             st = row["seconds"]
             out.append(
                 f"| {_gb(sm['bytes'])} append through the CLI, end to end, running server | "
-                f"{st['median']:.2f} s (range {_range(st)}) | ≤ 1.5 s "
+                f"{st['median']:.2f} s (range {_range(st)}, {_busy(st)} busy) | ≤ 1.5 s "
                 f"({_verdict(st['median'] <= 1.5)}) |"
             )
+            before = next(
+                (r for r in sm["rows"] if r["path"].startswith("icefloe append (CLI) of ")), None
+            )
+            if before is not None:
+                out.append(
+                    f"| the same with the earlier build ({before['path'].split(' of ')[-1]}) | "
+                    f"{before['seconds']['median']:.2f} s | — |"
+                )
         if (row := _row(sm, "scheduled append with nothing new")) is not None:
             st = row["seconds"]
             out.append(
@@ -238,9 +259,16 @@ def _headline(r: dict[str, Any]) -> list[str]:
         st = row["seconds"]
         out.append(
             f"| `icefloe demo`, wall (first run on a new Prefect home: "
-            f"{d['first_run']['seconds']:.1f} s) | {st['median']:.1f} s (range {_range(st, 1)}) "
+            f"{d['first_run']['seconds']:.1f} s) | {st['median']:.1f} s (range {_range(st, 1)}, "
+            f"{_busy(st)} busy; quiet runs: {_quiet(st, 1)}) "
             f"| ≤ 15 s ({_verdict(st['median'] <= 15)}) |"
         )
+        if len(d["rows"]) > 1:
+            before = d["rows"][1]
+            out.append(
+                f"| the same with the earlier build ({before['path'].split(' of ')[-1]}) | "
+                f"{before['seconds']['median']:.1f} s ({_busy(before['seconds'])} busy) | — |"
+            )
         out.append(
             f"| warning or error lines in the demo's output | {len(d['noisy_lines'])} | 0 "
             f"({_verdict(not d['noisy_lines'])}) |"
@@ -370,15 +398,15 @@ def _bulk(b: dict[str, Any]) -> list[str]:
         "running `prefect server start`, with its default options (one resumable batch per "
         "GiB, so two here, the second started while the first finishes) and with one batch.",
         "",
-        "| path | median s | IQR s | min–max s | busy runs | MB/s | × to_icechunk (medians) "
-        "| peak RSS, all processes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| path | median s | IQR s | min–max s | busy runs | median of quiet runs (n) | MB/s "
+        "| × to_icechunk (medians) | peak RSS, all processes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in b["rows"]:
         out.append(
             f"| {row['path']} | {_s(row['seconds'])} | {_iqr(row['seconds'])} | "
-            f"{_range(row['seconds'])} | {_busy(row['seconds'])} | {row['mb_per_s']:.0f} | "
-            f"{row['ratio']:.2f} | {_gb(row['peak_rss']['median'])} |"
+            f"{_range(row['seconds'])} | {_busy(row['seconds'])} | {_quiet(row['seconds'])} | "
+            f"{row['mb_per_s']:.0f} | {row['ratio']:.2f} | {_gb(row['peak_rss']['median'])} |"
         )
     per = ", ".join(f"{x:.2f}" for x in b["flow_ratio_per_repeat"])
     paired = b.get("flow_ratio_paired") or {}
@@ -408,13 +436,14 @@ def _small(f: dict[str, Any]) -> list[str]:
         "scheduled time; its figure is the flow run's own time (start to end, as Prefect "
         "records it). All write on the flow process's threads (under 64 MiB).",
         "",
-        "| path | median s | IQR s | min–max s | busy runs |",
-        "|---|---|---|---|---|",
+        "| path | median s | IQR s | min–max s | busy runs | median of quiet runs (n) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in f["rows"]:
         st = row["seconds"]
         out.append(
-            f"| {row['path']} | {_s(st, 3)} | {_iqr(st, 3)} | {_range(st, 3)} | {_busy(st)} |"
+            f"| {row['path']} | {_s(st, 3)} | {_iqr(st, 3)} | {_range(st, 3)} | {_busy(st)} | "
+            f"{_quiet(st, 3)} |"
         )
     return [*out, ""]
 
@@ -429,13 +458,14 @@ def _demo(d: dict[str, Any]) -> list[str]:
         f"first run, on a new Prefect home (database created), took "
         f"{d['first_run']['seconds']:.1f} s; the timed runs reuse that home.",
         "",
-        "| command | median s | IQR s | min–max s | busy runs |",
-        "|---|---|---|---|---|",
+        "| command | median s | IQR s | min–max s | busy runs | median of quiet runs (n) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in d["rows"]:
         st = row["seconds"]
         out.append(
-            f"| {row['path']} | {_s(st, 1)} | {_iqr(st, 1)} | {_range(st, 1)} | {_busy(st)} |"
+            f"| {row['path']} | {_s(st, 1)} | {_iqr(st, 1)} | {_range(st, 1)} | {_busy(st)} | "
+            f"{_quiet(st, 1)} |"
         )
     noisy = d["noisy_lines"]
     out += [
