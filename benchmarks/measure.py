@@ -68,6 +68,9 @@ class Config:
     append_grid: dict[str, int]
     resume: Shape  # measurement 5
     backfill: Shape  # measurement 7
+    # measurement 8: archives of these many labels (the issue's 10³ and 10⁶)
+    post_commit_labels: tuple[int, int] = (1_000, 1_000_000)
+    post_commit_repeats: int = 5
     demo_days: int = 7
     heartbeats: bool = True  # smoke runs turn Prefect's flow heartbeats off (faster exits)
     scaling_repeats: int = 3
@@ -128,6 +131,8 @@ def smoke_config() -> Config:
         append_grid={"ny": 9, "nx": 18, "time_chunk": 24},
         resume=Shape(periods=20, **small),
         backfill=Shape(periods=16, **small),
+        post_commit_labels=(100, 2_000),
+        post_commit_repeats=1,
         demo_days=1,
         heartbeats=False,
         scaling_repeats=1,
@@ -932,3 +937,172 @@ def _library_create_on(repo_path: Path, shape: Shape, client: Client) -> None:
     with dask.config.set(scheduler=client):
         to_icechunk(shape.open(), session, mode="w-")
     session.commit("initial")
+
+
+# -- 8. after the commit -------------------------------------------------------------------------
+
+POST_COMMIT_GRID = {"ny": 4, "nx": 4, "time_chunk": 24, "variables": 2}
+
+
+def _labelled_archive(path: Path, periods: int) -> None:
+    """A group of ``periods`` hourly labels (chunks of a day) with one gap of 48 labels.
+
+    Written with plain ``icechunk.xarray.to_icechunk`` from numpy, no dask: 10⁶ labels
+    take about a minute instead of a quarter of an hour through the lazy generator. The
+    values are cheap stand-ins; the coordinates are the PythonSource's, so a scheduled
+    append from it continues the archive. Its commit carries no coverage record, as an
+    archive written before icefloe recorded coverage.
+    """
+    import numpy as np
+
+    from benchmarks.data import weather
+
+    ds = weather(periods=periods, **POST_COMMIT_GRID)
+    shape = (periods, POST_COMMIT_GRID["ny"], POST_COMMIT_GRID["nx"])
+    values = np.broadcast_to(np.arange(periods, dtype=np.float32)[:, None, None], shape).copy()
+    hole = slice(periods // 2, periods // 2 + 48)
+    values[hole] = np.nan  # a whole chunk and parts of its neighbours: judged label by label
+    ds = ds.copy(data={name: values for name in ds.data_vars})
+    chunks = (POST_COMMIT_GRID["time_chunk"], *shape[1:])
+    session = icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(path))
+    ).writable_session("main")
+    icechunk.xarray.to_icechunk(
+        ds, session, mode="w-", encoding={str(n): {"chunks": chunks} for n in ds.data_vars}
+    )
+    session.commit("an archive written before icefloe recorded coverage")
+
+
+def _post_commit_seconds(flow_run_id: Any) -> tuple[float, float]:
+    """(whole run, from the end of its commit task to the end of the run), from Prefect."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterId,
+        FlowRunFilterParentFlowRunId,
+    )
+
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(flow_run_id)
+        # the scheduled run calls append_flow, a run of its own where the commit task runs
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[flow_run_id])
+            )
+        )
+        ids = [flow_run_id, *(child.id for child in children)]
+        tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=ids)))
+    (commit,) = [t for t in tasks if t.name == "commit"]
+    if run.start_time is None or run.end_time is None or commit.end_time is None:
+        raise RuntimeError(f"run {flow_run_id} has no start or end time")
+    return (
+        (run.end_time - run.start_time).total_seconds(),
+        (run.end_time - commit.end_time).total_seconds(),
+    )
+
+
+def post_commit(bench: Bench) -> dict[str, Any]:
+    """What a scheduled append does after its commit, in archives of 10³ and 10⁶ labels.
+
+    The flow path: ``scheduled_append_flow`` appending one label, its post-commit time
+    read from Prefect (commit task end → run end: the coverage read from the commit's
+    record, its markdown table and PNG published as artifacts, and the validate subflow).
+    Beside it, the parts on their own (the record computed at commit, the coverage read
+    and drawn, the validation's checks) and the direct alternative that every run paid
+    before: judging every label again.
+    """
+    from flows import Target, scheduled_append_flow
+    from tasks.cluster import on_scheduler
+    from tasks.coverage import CoverageChange, coverage, coverage_record, full_coverage
+    from tasks.validation import validate
+
+    cfg = bench.config
+    sizes = list(cfg.post_commit_labels)
+    bench.log(
+        f"8. after the commit: scheduled appends of one label into archives of "
+        f"{' and '.join(f'{n:,}' for n in sizes)} labels"
+    )
+    flow = on_scheduler(scheduled_append_flow, bench.scheduler_address)
+    paths = {n: fresh_dir(bench.workdir, f"post-commit-{n}") for n in sizes}
+    stored = dict.fromkeys(sizes, 0)
+    for n, path in paths.items():
+        with stopwatch() as elapsed:
+            _labelled_archive(path, n)
+        stored[n] = n
+        bench.log(f"   archive of {n:,} labels written in {elapsed():.1f} s")
+    quantities = (
+        "run",
+        "after_commit",
+        "record",
+        "read_and_draw",
+        "validation",
+        "full_judgement",
+    )
+    samples = {n: {q: Samples() for q in quantities} for n in sizes}
+
+    def append_one(n: int, first_record: bool) -> None:
+        path = paths[n]
+        source = {
+            "kind": "python",
+            "function": "benchmarks.data:weather",
+            "kwargs": {**POST_COMMIT_GRID, "periods": stored[n] + 10},
+        }
+        until = pd.Timestamp("2020-01-01") + pd.Timedelta(hours=stored[n])
+        state = flow(
+            Target(repo=str(path)),
+            source,
+            scheduled_time=until.to_pydatetime(),
+            scheduler_address=bench.scheduler_address,
+            return_state=True,
+        )
+        if not state.is_completed():
+            raise RuntimeError(f"the scheduled append failed: {state.message}")
+        stored[n] += 1
+        run, after = _post_commit_seconds(state.state_details.flow_run_id)
+        if first_record:  # judged whole once: the archive had no record yet
+            bench.log(f"   {n:,} labels: first run (records coverage, judged whole) {run:.2f} s")
+            return
+        samples[n]["run"].add(run)
+        samples[n]["after_commit"].add(after)
+        repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+        tip = repo.readonly_session("main")
+        with stopwatch() as elapsed:  # the last label judged again on the record of the tip
+            coverage_record(
+                repo, tip, CoverageChange(None, "time", {"time": (stored[n] - 1, stored[n])})
+            )
+        samples[n]["record"].add(elapsed())
+        with stopwatch() as elapsed:
+            found = coverage(repo)
+            found.markdown()
+            found.plot(str(path / "coverage.png"))
+        samples[n]["read_and_draw"].add(elapsed())
+        with stopwatch() as elapsed:  # the checks the run's validate subflow makes
+            validate(repo)
+        samples[n]["validation"].add(elapsed())
+        if len(samples[n]["full_judgement"].values) < (1 if n == max(sizes) else cfg.repeats):
+            with stopwatch() as elapsed:
+                judged = full_coverage(tip)
+                judged.markdown()
+                judged.plot(str(path / "coverage.png"))
+            samples[n]["full_judgement"].add(elapsed())
+            if judged != found:
+                raise AssertionError(f"the record differs from judging every label: {found}")
+        bench.log(
+            f"   {n:,} labels: run {run:.2f} s, after its commit {after:.2f} s; record "
+            f"{samples[n]['record'].values[-1] * 1e3:.0f} ms, read and draw "
+            f"{samples[n]['read_and_draw'].values[-1] * 1e3:.0f} ms"
+        )
+
+    for n in sizes:
+        append_one(n, first_record=True)
+    for rep in range(cfg.post_commit_repeats):
+        for n in _rotated(sizes, rep):
+            append_one(n, first_record=False)
+    for path in paths.values():
+        shutil.rmtree(path, ignore_errors=True)
+    small, large = sizes
+    return {
+        "grid": POST_COMMIT_GRID,
+        "rows": [{"labels": n, **{q: samples[n][q].as_dict() for q in quantities}} for n in sizes],
+        "ratios": {q: samples[large][q].median / samples[small][q].median for q in quantities},
+    }

@@ -42,7 +42,7 @@ from benchmarks.infra import (
     versions,
 )
 
-SECTIONS = ("bulk", "small", "demo", "appends", "scaling", "resume", "backfill")
+SECTIONS = ("bulk", "small", "demo", "appends", "scaling", "resume", "backfill", "postcommit")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -172,6 +172,7 @@ def main(argv: list[str] | None = None) -> int:
             "scaling": lambda: measure.scaling(bench, results.get("bulk")),
             "resume": lambda: measure.resume(bench),
             "backfill": lambda: measure.backfill(bench),
+            "postcommit": lambda: measure.post_commit(bench),
         }
         for name, step in steps.items():
             if name not in only:

@@ -17,6 +17,7 @@ if TYPE_CHECKING:
     from flows.scheduled import scheduled_append_flow
     from flows.sources import Source
     from flows.targets import Target
+    from flows.validate import validate_flow
     from flows.write import (
         RunOptions,
         append_flow,
@@ -38,6 +39,7 @@ _HOMES = {
     "modify_flow": "flows.write",
     "region_flow": "flows.write",
     "scheduled_append_flow": "flows.scheduled",
+    "validate_flow": "flows.validate",
     "write_flow": "flows.write",
 }
 
@@ -53,6 +55,7 @@ __all__ = [
     "modify_flow",
     "region_flow",
     "scheduled_append_flow",
+    "validate_flow",
     "write_flow",
 ]
 

@@ -45,6 +45,7 @@ from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import Source, SourceModel
+from flows.sources.window import to_timestamp
 from flows.targets import Target
 from flows.write import WriteRun, open_source, run_write
 from tasks.cluster import task_runner
@@ -63,6 +64,7 @@ class BackfillResult(BaseModel):
     windows: int
     windows_written: int
     windows_already_filled: int
+    windows_without_source_data: int  # the source had no labels there yet
     labels_present: int
     labels_total: int
     gaps: int
@@ -75,6 +77,15 @@ class Window:
 
     def __str__(self) -> str:
         return f"[{self.start}, {self.end})"
+
+
+def _not_after(end: pd.Timestamp, label: Any) -> bool:
+    """Whether ``end`` is at or before ``label`` (a datetime64 or cftime label); False when
+    the label has no Gregorian counterpart (30 February in 360_day) to compare with."""
+    try:
+        return bool(end <= to_timestamp(label, "the last stored label"))
+    except ValueError:
+        return False
 
 
 def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
@@ -125,7 +136,7 @@ def backfill_flow(
         StoredGroup(repo.readonly_session(branch=target.branch).store, group), group, append_dim
     )
     backfill.extend_to(repo, windows)
-    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+    found = coverage(repo, group, append_dim, branch=target.branch)
     todo = [w for w in windows if found.missing_between(w.start, w.end)]
     logger.info(
         "backfill %s → %s: %d windows, %d hold data already, %d to write, %d at a time",
@@ -140,16 +151,17 @@ def backfill_flow(
         progress=0.0,
         description=f"backfill of {target.describe()}: {len(todo)} windows to write",
     )
-    _run_windows(todo, batch, progress, backfill.write_window)
-    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+    written = _run_windows(todo, batch, progress, backfill.write_window)
+    found = coverage(repo, group, append_dim, branch=target.branch)
     publish_coverage(found, f"backfill of {target.describe()}", target)
     return BackfillResult(
         windows=len(windows),
-        windows_written=len(todo),
+        windows_written=written,
         windows_already_filled=len(windows) - len(todo),
+        windows_without_source_data=len(todo) - written,
         labels_present=found.n_present,
-        labels_total=len(found.labels),
-        gaps=len(found.gaps()),
+        labels_total=found.n_labels,
+        gaps=len(found.gaps),
     )
 
 
@@ -164,20 +176,25 @@ def _check_dimension(stored: StoredGroup, group: str | None, append_dim: str) ->
 
 
 def _run_windows(
-    todo: list[Window], batch: int, progress: UUID, write: Callable[[Window], WriteResult]
-) -> None:
+    todo: list[Window],
+    batch: int,
+    progress: UUID,
+    write: Callable[[Window], WriteResult | None],
+) -> int:
+    """Write the windows a few at a time; returns how many the source had data for."""
     logger = get_run_logger()
-    done = 0
+    done = written = 0
     with concurrent.futures.ThreadPoolExecutor(max(1, batch)) as pool:
         # each thread carries the flow's context, so its task runs belong to this flow run
         futures = {
             pool.submit(contextvars.copy_context().run, write, window): window for window in todo
         }
         for future in concurrent.futures.as_completed(futures):
-            future.result()
+            written += future.result() is not None
             done += 1
             update_progress_artifact(progress, progress=round(100 * done / max(len(todo), 1), 1))
-            logger.info("backfill: %d of %d windows written (%s)", done, len(todo), futures[future])
+            logger.info("backfill: %d of %d windows done (%s)", done, len(todo), futures[future])
+    return written
 
 
 @dataclass(frozen=True)
@@ -233,6 +250,8 @@ class _Backfill:
             stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
         _check_dimension(stored, self.group, self.append_dim)
         last = stored.indexes[self.append_dim][-1]
+        if _not_after(windows[-1].end, last):
+            return  # every window lies inside the stored labels: nothing to grow
         beyond = open_source(self.source, last, windows[-1].end, self.append_dim)
         labels = beyond.indexes[self.append_dim]
         labels = labels[labels > last]
@@ -250,9 +269,16 @@ class _Backfill:
             "backfill: extended %r by %d labels to %s", self.append_dim, len(labels), labels[-1]
         )
 
-    def write_window(self, window: Window) -> WriteResult:
-        """One window as a region write (started over when an append resized the arrays)."""
+    def write_window(self, window: Window) -> WriteResult | None:
+        """One window as a region write (started over when an append resized the arrays);
+        None when the source has no labels in it yet (a file that has not arrived: a later
+        backfill, requested by the next validation, fills it)."""
         ds = open_source(self.source, window.start, window.end, self.append_dim)
+        if not ds.sizes.get(self.append_dim, 0):
+            get_run_logger().info(
+                "backfill: the source has no labels in %s yet; left for a later backfill", window
+            )
+            return None
         # variables without the append dimension (a grid mapping, static fields) are the
         # group's already; a region write may only hold what lies in the region
         ds = ds.drop_vars([n for n, v in ds.data_vars.items() if self.append_dim not in v.dims])

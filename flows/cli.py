@@ -40,6 +40,7 @@ from flows.refusals import quiet_console
 from flows.results import WriteResult
 from flows.sources import SourceModel, SyntheticSource, parse_source
 from flows.targets import Target, TargetError
+from flows.validate import VALIDATE_EVERY
 from flows.write import (
     Encoding,
     RegionParameter,
@@ -344,11 +345,7 @@ def backfill(
         windows = windows_between(start, end, freq)
         if dry_run:
             try:
-                found = coverage(
-                    parsed_target.open_repository().readonly_session(branch=branch),
-                    group,
-                    append_dim,
-                )
+                found = coverage(parsed_target.open_repository(), group, append_dim, branch=branch)
                 todo = [w for w in windows if found.missing_between(w.start, w.end)]
             except (OSError, ValueError):
                 todo = windows
@@ -393,7 +390,7 @@ def coverage_command(
         session = repo.readonly_session(branch=branch)
         _require_group(session, group, parsed)
         _require_dimension(session, group, append_dim)
-        found = coverage(session, normalize_group(group), append_dim)
+        found = coverage(repo, normalize_group(group), append_dim, branch=branch)
         if png is not None:
             found.plot(str(png))
     console.print(str(found), highlight=False)
@@ -426,8 +423,17 @@ def serve(
             "labels as fill values, the gap recorded)."
         ),
     ] = LateDataOption.wait,
+    validate_every: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Validate the archive every N seconds (it is also validated after each "
+            "scheduled append).",
+        ),
+    ] = VALIDATE_EVERY,
 ) -> None:
-    """Serve the deployments (append-scheduled, write, backfill, maintenance) until stopped.
+    """Serve the deployments (append-scheduled, write, backfill, validate, maintenance)
+    until stopped.
 
     Before serving it prints what the next scheduled run will write."""
     from deployments.serve import serve_deployments
@@ -445,6 +451,7 @@ def serve(
             scheduler_address=scheduler_address,
             start=start,
             late_data=late_data.value,
+            validate_every=validate_every,
             verbose=_verbose,
         )
 

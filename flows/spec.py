@@ -28,6 +28,7 @@ from flows.sources import SourceModel, parse_source
 from flows.targets import Target, safe_url
 from flows.write import open_source
 from tasks.commit import commit_lock, commit_session
+from tasks.coverage import RECORD_KEY, CoverageChange, coverage_record
 from tasks.errors import GroupNotFoundError, PlanError, TargetError, TargetNotFoundError
 from tasks.planners.guards import parse_label
 from tasks.spec import DatasetSpec, label_grid, label_text, labels_in, write_spec
@@ -108,11 +109,13 @@ def init_spec(
             return chosen, session.snapshot_id  # already the group's spec: nothing to commit
         write_spec(session.store, group, chosen)
         block = _metadata(chosen, group, "the group's arrays" if declared is None else "a spec")
+        # attributes only: the coverage record of the parent is carried on (tasks/coverage.py)
+        unchanged = CoverageChange.attributes_only(group)
         with commit_lock(repo):
             snapshot = commit_session(
                 session,
                 f"icefloe: spec of {f'group {group}' if group else 'the root group'}",
-                {"icefloe": block},
+                lambda s: {"icefloe": {**block, RECORD_KEY: coverage_record(repo, s, unchanged)}},
             )
     return chosen, snapshot
 

@@ -3,7 +3,8 @@
 Each flow only chooses the writer's mode; ``_write`` is the process they share:
 
     open target → open source → plan → write_metadata → write_eager → verify
-    → write_lazy (batches) → commit → summary
+    → write_lazy (batches) → commit (with its coverage record) → materialize (lineage:
+    flows/lineage.py) → summary
 
 Nothing is visible on the branch before the commit: the phases work in a fork of the
 branch tip, persisted under the run's key, so a killed run re-run with the same key
@@ -39,6 +40,7 @@ from flows import heartbeats
 from flows.credentials import load_credentials
 from flows.forms import FORM, Tabs, form_properties
 from flows.lifeline import ensure_lifeline
+from flows.lineage import materialize_commit
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.naming import artifact_key, run_name, tag_run
@@ -51,6 +53,7 @@ from tasks import phases
 from tasks.audit import AuditRules, audit_snapshot
 from tasks.cluster import check_scheduler, task_runner
 from tasks.cluster import scheduler_address as resolve_scheduler_address
+from tasks.coverage import CoverageChange
 from tasks.errors import CommitConflictError, GroupNotFoundError, TargetError, TargetNotFoundError
 from tasks.plan import WritePlan, human_bytes
 from tasks.publish import Audit
@@ -460,6 +463,7 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
             metadata,
             staging_branch=staging,
             audit=_audit(repo, plan, writer.written_dataset, run) if staging else None,
+            coverage=CoverageChange.of(plan),
         )
     except BaseException:
         # The session may be half-written; dropping its changes makes sure nothing of this
@@ -467,6 +471,8 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
         if not session.read_only:
             session.discard_changes()
         raise
+    # lineage: the commit as a materialization of the group's asset, the source upstream
+    materialize_commit(run.target, run.source, plan.group, snapshot_id, metadata)
     if run.own_run:
         _publish_summary(plan, run, metadata, snapshot_id, lazy, time.perf_counter() - started)
     return _result(run, plan, snapshot_id=snapshot_id, skipped=False)

@@ -37,6 +37,7 @@ from tasks import batches
 from tasks.batches import LazyBatch, StartedBatch
 from tasks.cluster import dask_client
 from tasks.commit import commit_lock, commit_session
+from tasks.coverage import RECORD_KEY, CoverageChange, coverage_record
 from tasks.errors import IcefloeError
 from tasks.plan import WritePlan
 from tasks.progress import TaskCount, counting_scheduler, progress_hooks, scheduler_of
@@ -472,8 +473,12 @@ def commit(
     metadata: Mapping[str, Any],
     staging_branch: str | None = None,
     audit: Audit | None = None,
+    coverage: CoverageChange | None = None,
 ) -> str:
     """Publish the run with one commit carrying ``metadata`` under ``icefloe``.
+
+    With ``coverage`` the block also records the coverage the commit leaves (what the
+    write changed, judged against the parent's record: tasks/coverage.py).
 
     A forked workspace and its batches are merged at the run's base and published
     (rebased when the branch moved, conflicts detected); a session workspace commits
@@ -482,7 +487,13 @@ def commit(
     which is not retried.
     """
     logger = _logger()
-    block = {"icefloe": dict(metadata)}
+
+    def block(session: icechunk.Session) -> dict[str, Any]:
+        described = dict(metadata)
+        if coverage is not None:
+            described[RECORD_KEY] = coverage_record(repo, session, coverage)
+        return {"icefloe": described}
+
     with commit_lock(repo):
         if isinstance(workspace, icechunk.session.ForkSession):
             snapshot = publish(

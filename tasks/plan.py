@@ -52,6 +52,9 @@ class WritePlan:
     append_dim: str | None = None
     label_range: tuple[str, str] | None = None
     region: Mapping[str, tuple[int, int]] | None = None
+    # append: the positions along append_dim it writes, [first, stop) (overlapping labels
+    # rewritten by on_overlap="overwrite" included); what the coverage record re-judges
+    append_span: tuple[int, int] | None = None
     # labels an append (on_gap="fill") leaves as fill values: (first, last, count) per run
     gaps: tuple[tuple[str, str, int], ...] = ()
     # the first missing label an append (on_gap="stop") stopped before; later labels wait

@@ -14,11 +14,11 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import icechunk
 
-from tasks.commit import backoff, commit_session
+from tasks.commit import Metadata, backoff, commit_session
 from tasks.errors import CommitConflictError, VerificationError
 
 if TYPE_CHECKING:
@@ -35,7 +35,7 @@ def publish(
     base_snapshot: str,
     changes: Sequence[ForkSession],
     message: str,
-    metadata: dict[str, Any] | None = None,
+    metadata: Metadata | None = None,
     *,
     staging_branch: str | None = None,
     audit: Audit | None = None,
@@ -99,7 +99,7 @@ def _commit_on(
     tip: str,
     changes: Sequence[ForkSession],
     message: str,
-    metadata: dict[str, Any] | None,
+    metadata: Metadata | None,
 ) -> str:
     """One commit on ``work`` holding ``changes``, rebased onto ``tip`` with conflict detection."""
     if work in repo.list_branches():

@@ -141,6 +141,7 @@ class AppendPlanner(Planner):
             attrs_changed=plan.attrs_changed,
             append_dim=dim,
             label_range=labels_text(labels) if labels is not None and len(labels) else None,
+            append_span=(0, planned.dataset.sizes[dim]),
             gaps=self.on_step.gaps,
             stopped_at=self.on_step.stopped_at,
         )
@@ -215,6 +216,7 @@ class AppendPlanner(Planner):
             changed,
             append_dim=dim,
             label_range=label_range,
+            append_span=(span.write_from, span.new_len) if span.n_new else None,
             gaps=self.on_step.gaps,
             stopped_at=self.on_step.stopped_at,
         )

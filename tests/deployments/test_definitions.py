@@ -75,7 +75,7 @@ def _from_serve() -> dict[str, dict[str, Any]]:
 def test_prefect_yaml_and_serve_define_the_same_deployments() -> None:
     from_yaml, from_serve = _from_yaml(), _from_serve()
 
-    assert set(from_yaml) == {"append-scheduled", "write", "backfill", "maintenance"}
+    assert set(from_yaml) == {"append-scheduled", "write", "backfill", "validate", "maintenance"}
     assert from_yaml == from_serve
 
 
@@ -125,13 +125,14 @@ def test_serve_says_what_a_first_run_writes_and_start_shortens_it(tmp_path: Path
     )
 
     target = Target(repo=str(tmp_path / "archive"))
-    (first, event) = what_runs_will_do(target, SyntheticSource(), now=now)
+    (first, event, validation) = what_runs_will_do(target, SyntheticSource(), now=now)
     assert "the first run creates the group and writes" in first
     assert "--resource-id icefloe.archive.archive" in event
+    assert "validation after each scheduled append and every 1:00:00" in validation
     session = target.open_repository(create=True).writable_session("main")
     to_icechunk(SyntheticSource(start="2026-12-01", periods=3, ny=2, nx=2).open(), session)
     session.commit("three labels")
-    (next_run, _) = what_runs_will_do(target, SyntheticSource(), now=now)
+    (next_run, _, _) = what_runs_will_do(target, SyntheticSource(), now=now)
     assert "appends the labels after 2026-12-01 02:00:00" in next_run
 
 

@@ -15,6 +15,7 @@ import xarray as xr
 from flows import Target, backfill_flow, scheduled_append_flow
 from flows.sources import SyntheticSource
 from tasks.coverage import coverage
+from tasks.errors import RequestError
 from tests.conftest import read_back, tip
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
@@ -22,19 +23,24 @@ pytestmark = pytest.mark.usefixtures("prefect_harness")
 GRID = {"ny": 2, "nx": 3, "time_chunk": 6}
 
 
+def start_of(k: int) -> dt.datetime:
+    return dt.datetime(2020, 1, 1) + dt.timedelta(hours=6 * k)
+
+
 def window(k: int) -> xr.Dataset:
     """The k-th six-hour window of a synthetic hourly source from 2020-01-01."""
-    start = f"2020-01-01T{6 * k:02d}" if k < 4 else f"2020-01-02T{6 * (k - 4):02d}"
-    return SyntheticSource(start=start, periods=6, **GRID).open().load()
+    return SyntheticSource(start=start_of(k).isoformat(), periods=6, **GRID).open().load()
 
 
 def deliver(incoming: Path, k: int) -> None:
-    """The provider drops window k's file into the directory."""
-    window(k).to_netcdf(incoming / f"obs_{k:02d}.nc")
+    """The provider drops window k's file into the directory, named by its first hour."""
+    window(k).to_netcdf(incoming / f"obs_{start_of(k):%Y%m%d%H}.nc")
 
 
 def files(incoming: Path) -> dict[str, Any]:
-    return {"kind": "files", "paths": [str(incoming / "*.nc")]}
+    # one file per hour the run's window spans, as providers name them; hours without a
+    # file are left out, so a scheduled run opens every window that arrived since the last
+    return {"kind": "files", "paths": [str(incoming / "obs_{start:%Y%m%d%H}.nc")]}
 
 
 def blocks(target: Target) -> list[dict[str, Any]]:
@@ -50,7 +56,21 @@ def run(target: Target, incoming: Path, until_hour: int, late_data: str, address
         scheduled_time=dt.datetime(2020, 1, 1) + dt.timedelta(hours=until_hour),
         scheduler_address=address,
         late_data=late_data,
+        # files named by their window start cannot say where the archive begins: the
+        # operator gives the first run its start (serve --start)
+        start=dt.datetime(2020, 1, 1),
     )
+
+
+def test_a_first_run_of_files_named_by_date_needs_a_start(tmp_path: Path) -> None:
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    deliver(incoming, 0)
+    target = Target(repo=str(tmp_path / "repo"))
+    with pytest.raises(RequestError, match=r"serve --start") as info:
+        scheduled_append_flow(target, files(incoming), scheduled_time=dt.datetime(2020, 1, 2))
+    assert "named by the window start" in str(info.value)
+    assert not (tmp_path / "repo").exists()
 
 
 def expected(windows: list[int]) -> xr.Dataset:
@@ -88,7 +108,7 @@ def test_wait_appends_up_to_the_missing_window_and_the_next_run_heals(
     xr.testing.assert_allclose(
         back[["air_temperature"]], expected([0, 1, 2, 3])[["air_temperature"]]
     )
-    assert not coverage(target.open_repository().readonly_session(branch="main")).gaps()
+    assert not coverage(target.open_repository()).gaps
 
 
 def test_wait_on_an_empty_target_creates_the_group_up_to_the_missing_window(
@@ -127,7 +147,7 @@ def test_hole_appends_everything_records_the_gap_and_a_backfill_fills_it(
     assert blocks(target)[-1]["gaps"] == [
         {"first": "2020-01-01T12:00:00", "last": "2020-01-01T17:00:00", "count": 6}
     ]
-    [gap] = coverage(repo.readonly_session(branch="main")).gaps()
+    [gap] = coverage(repo).gaps
     assert (str(gap.first), str(gap.last), gap.count) == (
         "2020-01-01 12:00:00",
         "2020-01-01 17:00:00",
@@ -148,4 +168,4 @@ def test_hole_appends_everything_records_the_gap_and_a_backfill_fills_it(
     xr.testing.assert_allclose(
         back[["air_temperature"]], expected([0, 1, 2, 3])[["air_temperature"]]
     )
-    assert not coverage(target.open_repository().readonly_session(branch="main")).gaps()
+    assert not coverage(target.open_repository()).gaps
