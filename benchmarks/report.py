@@ -211,6 +211,13 @@ FINDINGS = """\
   command's process (for example distributed and prefect-dask only when a cluster is
   used), which the flows' DaskTaskRunner, built when the flow is defined, does not allow
   today.
+- **The validation subflow now dominates a scheduled run with nothing new.** Measured
+  above at 0.26 s of flow-run time (commit of this run, before main's validate flow was
+  merged). With the validate subflow that main added after every scheduled append, the
+  same no-op run took about 2 s here (under load): the subflow's own run, its requests,
+  and drawing its PNG with matplotlib (a second of import in a deployment's new process).
+  This branch stopped redrawing the coverage after a run that wrote nothing; drawing the
+  validation's plot only when its result changed would bring the run back under 1 s.
 - **Tried only under load:** writing two zarr chunks per dask task
   (zarr then compresses and stores them concurrently, overlapping a worker's I/O with
   compression); under a load average of 12–28 it measured no better than one per task.
