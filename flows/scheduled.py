@@ -37,7 +37,7 @@ from flows.results import WriteResult
 from flows.sources import Source, SourceModel, SyntheticSource
 from flows.sources.synthetic import SYNTHETIC_VARIABLES
 from flows.targets import Target
-from flows.validate import announce_refused_append, validate_flow
+from flows.validate import announce_refused_append, check_freshness, validate_flow
 from flows.write import RunOptions, WriteRun, run_write
 from tasks.cluster import task_runner
 from tasks.coverage import coverage
@@ -126,7 +126,8 @@ def first_run_preview(
     ),
     validation=(
         "Validate the archive after the append (freshness, NaN fraction, gaps, structure) and "
-        "request a backfill for each gap: the validate flow, run as part of this run."
+        "request a backfill for each gap: the validate flow, run as part of this run. A run "
+        "that wrote nothing checks freshness only."
     ),
 )
 def scheduled_append_flow(
@@ -202,7 +203,10 @@ def scheduled_append_flow(
             f"scheduled append of {target.describe()} at {until}",
             target,
         )
-    if validation:
+    if validation and result.skipped:
+        # Nothing written: only the archive's age changed since the last validation.
+        check_freshness(target, group, append_dim, now=until.to_pydatetime())
+    elif validation:
         # A subflow, not an event-triggered deployment: it validates exactly the commit this
         # run made, shows as this run's child, and needs no automation service to run; the
         # append's own outcome stands whatever validation finds or fails on.

@@ -40,7 +40,7 @@ from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.targets import Target
 from tasks.stored import normalize_group
-from tasks.validation import Validation, validate
+from tasks.validation import Freshness, Validation, freshness, validate
 
 __all__ = [
     "ARCHIVE_STALE",
@@ -49,6 +49,7 @@ __all__ = [
     "VALIDATION_FAILED",
     "ValidationResult",
     "announce_refused_append",
+    "check_freshness",
     "validate_flow",
 ]
 
@@ -202,20 +203,48 @@ def _covers(parameters: dict[str, Any], request: dict[str, Any], group: str | No
         return False
 
 
+def check_freshness(
+    target: Target, group: str | None, append_dim: str | None, now: dt.datetime
+) -> bool:
+    """Emit ``icefloe.archive.stale`` if the archive is older than its ``max_delay``; True
+    when it is fresh.
+
+    What a scheduled append that wrote nothing runs instead of the validate subflow: the
+    rest of a validation judges data that did not change since the last one, and the
+    subflow (a flow run of its own, a plot) would cost seconds on every quiet run."""
+    group = normalize_group(group)
+    repo = target.open_repository(credentials=load_credentials(target))
+    snapshot, found = freshness(repo, group, append_dim, branch=target.branch, now=now)
+    if found.stale:
+        get_run_logger().warning(
+            "%s is stale: its newest label with data is %s, more than %s ago",
+            where(target, group),
+            found.newest,
+            found.max_delay,
+        )
+        _emit_stale(found, snapshot, _resource(target, group))
+    return not found.stale
+
+
+def _emit_stale(found: Freshness, snapshot_id: str, resource: dict[str, str]) -> None:
+    emit_event(
+        ARCHIVE_STALE,
+        resource=resource,
+        payload={
+            "newest": found.newest,
+            "lag_seconds": None if found.lag is None else found.lag.total_seconds(),
+            "max_delay_seconds": (
+                None if found.max_delay is None else found.max_delay.total_seconds()
+            ),
+            "snapshot_id": snapshot_id,
+        },
+    )
+
+
 def _emit_findings(found: Validation, target: Target) -> None:
     resource = _resource(target, found.group)
     if found.stale:
-        f = found.freshness
-        emit_event(
-            ARCHIVE_STALE,
-            resource=resource,
-            payload={
-                "newest": f.newest,
-                "lag_seconds": None if f.lag is None else f.lag.total_seconds(),
-                "max_delay_seconds": None if f.max_delay is None else f.max_delay.total_seconds(),
-                "snapshot_id": found.snapshot_id,
-            },
-        )
+        _emit_stale(found.freshness, found.snapshot_id, resource)
     if not found.ok:
         emit_event(
             VALIDATION_FAILED,

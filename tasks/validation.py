@@ -52,6 +52,7 @@ __all__ = [
     "GapFinding",
     "NanFraction",
     "Validation",
+    "freshness",
     "validate",
 ]
 
@@ -379,6 +380,28 @@ def validate(
         notes=tuple(notes),
         record_mismatch=mismatch,
     )
+
+
+def freshness(
+    repo: icechunk.Repository,
+    group: str | None = None,
+    append_dim: str | None = None,
+    *,
+    branch: str = "main",
+    now: dt.datetime | None = None,
+) -> tuple[str, Freshness]:
+    """The tip of ``branch`` and the freshness of ``group`` there, read in O(gaps) from the
+    commit's coverage record: the one check whose outcome changes while nothing is written."""
+    snapshot = repo.lookup_branch(branch)
+    session = repo.readonly_session(snapshot_id=snapshot)
+    try:
+        spec = read_spec(session.store, group)
+    except PlanError:
+        spec = None
+    dim = append_dim or (spec.append_dim if spec is not None else "time")
+    found = coverage(repo, group, dim, snapshot_id=snapshot)
+    checked_at = _naive_utc(now or dt.datetime.now(dt.UTC))
+    return snapshot, _freshness(session, group, found, spec, checked_at)
 
 
 def _naive_utc(moment: dt.datetime) -> dt.datetime:

@@ -17,6 +17,18 @@ def synthetic(start: str = "2020-01-01", periods: int = 48) -> xr.Dataset:
     return SyntheticSource(start=start, periods=periods, **GRID).open()
 
 
+def stopped(periods: int = 24, start: Any = None, end: Any = None) -> xr.Dataset:
+    """A feed that stopped after ``periods`` hourly labels from 2020-01-01: a window
+    after them is empty."""
+    ds = synthetic(periods=periods)
+    keep = np.ones(ds.sizes["time"], bool)
+    if start is not None:
+        keep &= ds["time"].values >= np.datetime64(start)
+    if end is not None:
+        keep &= ds["time"].values < np.datetime64(end)
+    return ds.isel(time=keep)
+
+
 def with_celsius(start: str = "2020-01-01", periods: int = 48) -> xr.Dataset:
     """The synthetic data plus a derived variable, for modify runs."""
     ds = synthetic(start, periods)

@@ -198,6 +198,55 @@ def test_a_scheduled_append_validates_what_it_committed(
 
 
 @pytest.mark.usefixtures("events_to_this_api")
+def test_a_scheduled_run_with_nothing_new_checks_freshness_only(
+    tmp_path: Path, scheduler_address: str
+) -> None:
+    """Nothing written: no validate subflow (seconds on every quiet run), yet an archive
+    whose source stopped is still announced stale."""
+    repo = icechunk.Repository.create(
+        icechunk.local_filesystem_storage(str(tmp_path / "quiet.icechunk"))
+    )
+    write(repo, _synthetic(24).open(), lambda w: w.for_create_or_overwrite())
+    session = repo.writable_session("main")
+    spec = read_spec(session.store, None)
+    assert spec is not None
+    write_spec(session.store, None, spec.model_copy(update={"max_delay": dt.timedelta(hours=1)}))
+    before = session.commit("max_delay")
+    target = Target(repo=str(tmp_path / "quiet.icechunk"))
+    since = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=5)
+
+    state = scheduled_append_flow(
+        target,
+        {"kind": "python", "function": "tests.flows.python_sources:stopped"},
+        scheduled_time=dt.datetime(2020, 1, 3, 12),
+        scheduler_address=scheduler_address,
+        return_state=True,
+    )
+
+    assert state.result().skipped
+    assert _tip(tmp_path / "quiet.icechunk") == before
+    with get_client(sync_client=True) as client:
+        children = client.read_flow_runs(
+            flow_run_filter=FlowRunFilter(
+                parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                    any_=[state.state_details.flow_run_id]
+                )
+            )
+        )
+    assert children == []
+    resource = archive_resource_id(target)
+    [stale] = wait_until(lambda: _events(ARCHIVE_STALE, resource, since), 30, "the stale event")
+    assert stale.payload["newest"] == "2020-01-01 23:00:00"
+    assert stale.payload["snapshot_id"] == before
+
+
+def _tip(path: Path) -> str:
+    return icechunk.Repository.open(icechunk.local_filesystem_storage(str(path))).lookup_branch(
+        "main"
+    )
+
+
+@pytest.mark.usefixtures("events_to_this_api")
 def test_a_source_whose_dtype_drifts_is_refused_and_announced(
     tmp_path: Path, scheduler_address: str
 ) -> None:
