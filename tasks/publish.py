@@ -148,3 +148,68 @@ def run_audit(audit: Audit | None, snapshot: str, kept_on: str) -> None:
             [*err.problems, f"the audited commit {snapshot} is kept on branch {kept_on!r}"],
             group=err.group,
         ) from err
+
+
+class WindowPublisher:
+    """Publishes one run's forks group by group, one commit per group (a backfill's units).
+
+    Every group's forks descend from a *base* the run forked them from. While nobody but
+    this publisher moved the branch since that base, a group is merged straight into a
+    session at the tip: its chunks are disjoint from the groups already published (the
+    run's units never share a chunk), and no one else's commit could be overwritten. A
+    commit that landed meanwhile is caught by the commit's own rebase (conflict detection
+    against exactly the commits after that tip). Once anyone else moved the branch, forks
+    of older bases go the safe way (``publish``: merged at their base, rebased over every
+    commit since) and the run should fork new work from the new tip (``fork``).
+    """
+
+    def __init__(self, repo: icechunk.Repository, branch: str) -> None:
+        self.repo = repo
+        self.branch = branch
+        self.commits = 0
+        self.rebased = 0  # commits that had to be rebased over someone else's
+        self._tip: str | None = None  # the branch tip after this publisher's last commit
+        self._clean: set[str] = set()  # bases whose forks merge safely at _tip
+
+    def fork(self) -> tuple[str, ForkSession]:
+        """A fork of the branch tip to write new work in, and its base snapshot.
+
+        The base is marked clean: forks of it merge at the tip as long as only this
+        publisher moves the branch.
+        """
+        session = self.repo.writable_session(self.branch)
+        tip = session.snapshot_id
+        if tip != self._tip:
+            self._tip, self._clean = tip, set()
+        self._clean.add(tip)
+        return tip, session.fork()
+
+    def publish(
+        self,
+        base: str,
+        forks: Sequence[ForkSession],
+        message: str,
+        metadata: dict[str, Any] | None = None,
+    ) -> str:
+        """Publish ``forks`` (of ``base``) with one commit; returns its snapshot id."""
+        from tasks.commit import commit_lock
+
+        with commit_lock(self.repo):
+            tip = self.repo.lookup_branch(self.branch)
+            if tip == self._tip and base in self._clean:
+                session = self.repo.writable_session(self.branch)
+                if session.snapshot_id == tip:
+                    session.merge(*forks)
+                    snapshot = commit_session(session, message, metadata)
+                    self.commits += 1
+                    if self.repo.lookup_snapshot(snapshot).parent_id != tip:
+                        # rebased over a commit that landed meanwhile: older bases are unsafe
+                        self.rebased += 1
+                        self._clean = set()
+                    self._tip = snapshot
+                    return snapshot
+            snapshot = publish(self.repo, self.branch, base, forks, message, metadata)
+            self.commits += 1
+            self.rebased += 1
+            self._tip, self._clean = snapshot, set()
+            return snapshot
