@@ -87,6 +87,10 @@ class BackfillResult(BaseModel):
     commits: int = 0  # of the windows (extending the range and creating the group aside)
     rebased_commits: int = 0  # of those, commits rebased over someone else's commit
     windows_rewritten: int = 0  # written again after a concurrent change of the arrays
+    # where the time went: "extend" (creating the group, extending the range), "plan"
+    # (coverage, cutting windows into units, planning the first), "write" (units on the
+    # cluster and their commits), "total"
+    seconds: dict[str, float] = {}
 
 
 @dataclass(frozen=True)
@@ -135,6 +139,7 @@ def backfill_flow(
     """Fill [start, end) along ``append_dim`` from the source, window by window; windows
     that already hold data are left alone, so a re-run fills only what is missing."""
     logger = get_run_logger()
+    began = time.perf_counter()
     ensure_lifeline()  # killed, the run leaves no process behind (flows.lifeline)
     tag_run(target, group, "backfill")
     group = normalize_group(group)
@@ -146,6 +151,7 @@ def backfill_flow(
         StoredGroup(repo.readonly_session(branch=target.branch).store, group), group, append_dim
     )
     backfill.extend_to(repo, windows)
+    extended = time.perf_counter()
     # opened again: extending the range may have recorded the group's manifest splitting
     repo = target.open_repository(credentials=load_credentials(target))
     found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
@@ -169,7 +175,9 @@ def backfill_flow(
         progress=0.0,
         description=f"backfill of {target.describe()}: {len(todo)} windows to write",
     )
+    planned = time.perf_counter()
     done = backfill.write_windows(repo, todo, batch, progress) if todo else _Written()
+    wrote = time.perf_counter()
     found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
     publish_coverage(found, f"backfill of {target.describe()}", target)
     return BackfillResult(
@@ -182,6 +190,12 @@ def backfill_flow(
         commits=done.commits,
         rebased_commits=done.rebased,
         windows_rewritten=done.rewritten,
+        seconds={
+            "extend": extended - began,
+            "plan": planned - extended + done.planning_seconds,
+            "write": wrote - planned - done.planning_seconds,
+            "total": time.perf_counter() - began,
+        },
     )
 
 
@@ -270,6 +284,7 @@ class _Backfill:
     ) -> _Written:
         """Write ``todo`` as region writes in units on the cluster, published in groups."""
         logger = get_run_logger()
+        began = time.perf_counter()
         branch = self.target.branch
         stored = StoredGroup(repo.readonly_session(branch=branch).store, self.group)
         spans = positions_of(stored.indexes[self.append_dim], [(w.start, w.end) for w in todo])
@@ -325,7 +340,10 @@ class _Backfill:
                 progress=progress,
                 total=len(spans),
             )  # fmt: skip
-            return run.run(units, base, fork)
+            planned = time.perf_counter() - began
+            written = run.run(units, base, fork)
+            written.planning_seconds = planned
+            return written
 
     def _commit(
         self,
@@ -411,11 +429,13 @@ class _Written:
     commits: int = 0
     rebased: int = 0
     rewritten: int = 0
+    planning_seconds: float = 0.0
 
 
-# How long finished units may wait for their commit: a killed run loses at most this much
-# work, and the archive shows progress at least this often.
-COMMIT_EVERY_SECONDS = 10.0
+# How long finished units wait for their commit: a killed run loses at most about this
+# much work and the archive shows progress this often, while tiny windows still share
+# commits (a commit costs about 0.1 s, whatever it holds).
+COMMIT_EVERY_SECONDS = 5.0
 START_OVER_ATTEMPTS = 3
 
 
@@ -423,9 +443,9 @@ START_OVER_ATTEMPTS = 3
 class _UnitRun:
     """Units in flight on the cluster, and the commits of the finished ones.
 
-    At most ``batch`` windows are in flight. Finished units wait until ``batch`` windows
-    are finished (or COMMIT_EVERY_SECONDS passed, or nothing else is in flight), and are
-    then committed together, grouped by the base they were forked from.
+    At most ``batch`` windows are in flight. Finished units wait up to COMMIT_EVERY_SECONDS
+    (or until nothing else is in flight) and are then committed together, one commit per
+    base they were forked from.
     """
 
     client: Client
@@ -462,22 +482,12 @@ class _UnitRun:
                                                 pure=False)  # fmt: skip
                     in_flight[future] = (unit, attempt, self._base)
                 if in_flight:
-                    with self.client.as_current():  # wait() asks for "the" client
-                        done, _ = wait(
-                            list(in_flight),
-                            timeout=COMMIT_EVERY_SECONDS,
-                            return_when="FIRST_COMPLETED",
-                        )
-                    for future in done:
+                    done = self._wait(list(in_flight), self._until_commit(waiting_since))
+                    for future, written in zip(done, self.client.gather(done), strict=True):
                         unit, attempt, base = in_flight.pop(future)
-                        finished.append((future.result(), unit, attempt, base))
+                        finished.append((written, unit, attempt, base))
                         waiting_since = waiting_since or time.monotonic()
-                ready = sum(len(u.windows) for u, _, _, _ in finished)
-                if finished and (
-                    not in_flight
-                    or ready >= self.batch
-                    or time.monotonic() - (waiting_since or 0) >= COMMIT_EVERY_SECONDS
-                ):
+                if finished and (not in_flight or self._until_commit(waiting_since) <= 0):
                     todo.extend(self._commit_finished(finished))
                     finished, waiting_since = [], None
                     update_progress_artifact(
@@ -488,6 +498,21 @@ class _UnitRun:
             for future in in_flight:
                 future.cancel()
         return _Written(self.publisher.commits, self.publisher.rebased, self.rewritten)
+
+    def _wait(self, futures: list[Future[Any]], timeout: float) -> list[Future[Any]]:
+        """The futures that finished, waiting up to ``timeout`` s for the first one."""
+        try:
+            with self.client.as_current():  # wait() asks for "the" client
+                done, _ = wait(futures, timeout=max(0.01, timeout), return_when="FIRST_COMPLETED")
+        except TimeoutError:
+            return []
+        return list(done)
+
+    @staticmethod
+    def _until_commit(waiting_since: float | None) -> float:
+        if waiting_since is None:
+            return COMMIT_EVERY_SECONDS
+        return COMMIT_EVERY_SECONDS - (time.monotonic() - waiting_since)
 
     def _commit_finished(
         self, finished: list[tuple[UnitWritten, list[WindowSpan], int, str]]
