@@ -231,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
     from benchmarks import scale_report, scale_sections
 
     args = _parser().parse_args(argv)
+    # stopped with SIGTERM (kill PID), still stop the cluster and server it started
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     only = args.only.split(",") if args.only else list(SECTIONS)
     if unknown := set(only) - set(SECTIONS):
         raise SystemExit(f"--only: unknown sections {sorted(unknown)}; choose from {SECTIONS}")

@@ -123,7 +123,10 @@ def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
     start="The first time to fill.",
     end="The time to fill up to (not included).",
     freq='The length of one window, as a pandas frequency: "1D", "6h", "MS".',
-    batch="How many windows are written at the same time.",
+    batch=(
+        "How many windows are in flight on the cluster at once: they are written in units "
+        "of consecutive windows, two units per worker thread, committed every few seconds."
+    ),
 )
 def backfill_flow(
     target: Target,
@@ -133,7 +136,7 @@ def backfill_flow(
     freq: str = "1D",
     group: Annotated[str | None, FORM] = None,
     append_dim: str = "time",
-    batch: int = 2,
+    batch: int = 16,
     scheduler_address: Annotated[str | None, FORM] = None,
 ) -> BackfillResult:
     """Fill [start, end) along ``append_dim`` from the source, window by window; windows
@@ -317,9 +320,12 @@ class _Backfill:
                 Client(processes=False, dashboard_address=None, set_as_default=False)
             )
             threads = max(1, sum(client.nthreads().values()))
-            # a unit is as many windows as the batch gives each worker thread, so that
-            # ``batch`` windows are in flight and every worker has some
-            per_unit = max(1, batch // threads)
+            # ``batch`` windows in flight as two units per worker thread (one computing,
+            # one queued, so that no worker waits for the flow between units), and no unit
+            # bigger than UNIT_BYTES: what a killed run loses of one unit's work
+            per_unit = max(
+                1, min(batch // (2 * threads), UNIT_BYTES // max(1, template.bytes_written))
+            )
             units = units_of(spans, chunk_sizes, per_unit)
             logger.info(
                 "backfill: %d windows in %d units of about %d (never sharing a chunk) on %d "
@@ -437,6 +443,7 @@ class _Written:
 # commits (a commit costs about 0.1 s, whatever it holds).
 COMMIT_EVERY_SECONDS = 5.0
 START_OVER_ATTEMPTS = 3
+UNIT_BYTES = 2**30
 
 
 @dataclass

@@ -437,6 +437,7 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
             metadata,
             staging_branch=staging,
             audit=_audit(repo, plan, dataset, run) if staging else None,
+            base_session=session if workspace is not session else None,
         )
     except BaseException:
         # The session may be half-written; dropping its changes makes sure nothing of this

@@ -43,17 +43,23 @@ def commit_session(
     message: str,
     metadata: dict[str, Any] | None = None,
     *,
-    attempts: int = 8,
+    patience: float = 600.0,
     base_delay: float = 0.05,
-    max_delay: float = 5.0,
+    max_delay: float = 2.0,
 ) -> str:
     """Commit, rebasing onto commits that landed meanwhile; returns the new snapshot id.
 
-    Raises CommitConflictError when the changes overlap another commit's, or when the
-    branch kept moving for ``attempts`` tries.
+    Raises CommitConflictError when the changes overlap another commit's. A branch that
+    merely moved is rebased onto again, with a jittered, growing delay (at most
+    ``max_delay``), for up to ``patience`` seconds: many runs committing disjoint changes
+    at once all land, one after the other, instead of some giving up and starting over
+    (which rewrites their data: the write amplification of icechunk#1205).
     """
     branch = session.branch
-    for attempt in range(1, attempts + 1):
+    deadline = time.monotonic() + patience
+    attempt = 0
+    while True:
+        attempt += 1
         try:
             return session.commit(
                 message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=1
@@ -68,16 +74,15 @@ def commit_session(
                 overlapping=overlapping or not conflicts,
             ) from err
         except icechunk.ConflictError as err:
-            if attempt == attempts:
+            if time.monotonic() >= deadline:
                 raise CommitConflictError(
-                    f"branch {branch!r} kept moving during {attempts} commit attempts; nothing "
-                    "was published — retry later or serialize the writers",
+                    f"branch {branch!r} kept moving for {patience:.0f} s ({attempt} commit "
+                    "attempts); nothing was published — retry later or serialize the writers",
                     overlapping=False,
                 ) from err
-            delay = min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5)
+            delay = min(max_delay, base_delay * 2 ** min(attempt, 16)) * random.uniform(0.5, 1.5)
             log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)
             time.sleep(delay)
-    raise AssertionError("unreachable")
 
 
 @contextmanager

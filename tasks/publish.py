@@ -39,17 +39,28 @@ def publish(
     staging_branch: str | None = None,
     audit: Audit | None = None,
     attempts: int = 5,
+    session: icechunk.Session | None = None,
 ) -> str:
     """Merge ``changes`` (forks of ``base_snapshot``) and move ``branch`` to one new commit.
 
+    ``session``, a clean writable session of ``branch`` at ``base_snapshot`` (the one the
+    run forked its workspace from), takes the changes and commits them itself, rebased
+    over whatever landed since: one conditional write of the branch per attempt, and
+    nothing else to contend for. Without one, a session at the base exists only while
+    the branch has not moved; otherwise the changes go to a work branch at the base.
     With ``staging_branch`` the commit lands there first, ``audit(snapshot_id)`` checks
     it (raising to stop the publish; the staging branch is then kept for inspection),
     and the target moves only if it still points where the commit was built on.
     Returns the snapshot id now at the tip of ``branch``.
     """
-    if staging_branch is None and repo.lookup_branch(branch) == base_snapshot:
-        session = repo.writable_session(branch)
-        if session.snapshot_id == base_snapshot:
+    if staging_branch is None:
+        if session is None and repo.lookup_branch(branch) == base_snapshot:
+            session = repo.writable_session(branch)
+        if (
+            session is not None
+            and session.snapshot_id == base_snapshot
+            and not session.has_uncommitted_changes
+        ):
             session.merge(*changes)
             return commit_session(session, message, metadata)
     work = staging_branch or f"icefloe/rebase-{uuid.uuid4().hex[:12]}"

@@ -33,6 +33,10 @@ from tasks.planners.create import CreatePlanner
 from tasks.request import OnOverlap, WriteMode
 from tasks.stored import StoredGroup
 
+# Labels per chunk of the append coordinate of a group created by an append: 512 KiB of
+# int64, a few KB compressed; about seven years of hourly labels.
+APPEND_COORD_CHUNK = 2**16
+
 
 @dataclass(frozen=True)
 class _Span:
@@ -84,7 +88,9 @@ class AppendPlanner(Planner):
             )
         self.problems.raise_if_any()
         if self.stored.is_empty:
-            planned = CreatePlanner(self.ds, self.stored, "w-").plan()
+            creator = CreatePlanner(self.ds, self.stored, "w-")
+            creator.growth_chunks = self._growth_chunks()
+            planned = creator.plan()
             assert planned.steps.template is not None  # creating a group always has one
             planned.steps.template.attrs.update(self.update_attrs)
             labels = self._labels(self.ds)
@@ -106,6 +112,16 @@ class AppendPlanner(Planner):
             )
             self.problems.raise_if_any()
         return self._plan_extend()
+
+    def _growth_chunks(self) -> dict[str, int]:
+        """A group an append creates is going to grow along the append dimension: its
+        coordinate is chunked for that (APPEND_COORD_CHUNK labels), not to the first
+        run's length. A first backfill window of one hour would otherwise chunk the axis
+        by the hour, and every later plan would read the axis a label per chunk."""
+        coord = self.ds.variables.get(self.append_dim)
+        if coord is None or coord.chunks is not None or coord.ndim != 1:
+            return {}  # dask-backed: its own chunks decide, as xarray requires
+        return {self.append_dim: APPEND_COORD_CHUNK}
 
     def _labels(self, ds: xr.Dataset) -> pd.Index | None:
         if self.append_dim not in ds.indexes:
