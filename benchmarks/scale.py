@@ -55,7 +55,7 @@ from benchmarks.infra import (
     versions,
 )
 
-SECTIONS = ("growth", "bigrun", "planning", "contention", "gc")
+SECTIONS = ("planning", "contention", "bigrun", "growth", "gc")
 Log = Callable[[str], None]
 
 
@@ -167,7 +167,7 @@ class PeakRss:
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            self.series.append((time.perf_counter() - self._started, self._sample()))
+            self.series.append((time.time(), self._sample()))  # UNIX time: Prefect's clock
             self._stop.wait(self.interval)
 
     def __enter__(self) -> PeakRss:

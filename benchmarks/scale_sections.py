@@ -11,12 +11,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, ClassVar
 
+import dask
 import icechunk
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from benchmarks.scale import Bench, fresh
+from benchmarks.scale import Bench, PeakRss, fresh
 from benchmarks.scale_data import START, TileShape, tiles, tiles_source
 
 
@@ -24,14 +25,28 @@ def _open(path: Path) -> icechunk.Repository:
     return icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
 
 
-def _same_as_source(repo: icechunk.Repository, shape: TileShape, first: int, periods: int) -> bool:
+def _same_as_source(
+    repo: icechunk.Repository, shape: TileShape, first: int, periods: int, sample: int = 0
+) -> bool:
+    """The stored hours equal the source's; with ``sample``, only that many hours (the
+    first, the last and some between), for archives too big to read back whole."""
     stored = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)
-    expected = tiles(first, periods, **shape.kwargs()).compute()
-    return bool(
-        stored.sizes["time"] == periods
-        and np.array_equal(stored["time"].values, expected["time"].values)
-        and all(np.array_equal(stored[v].values, expected[v].values) for v in expected.data_vars)
+    if stored.sizes["time"] != periods:
+        return False
+    hours = list(range(periods))
+    if sample and periods > sample:
+        step = max(1, periods // sample)
+        hours = sorted({0, periods - 1, *range(0, periods, step)})
+    ok = np.array_equal(
+        stored["time"].values, tiles(first, periods, **shape.kwargs())["time"].values
     )
+    for start in range(0, len(hours), 256):
+        picked = hours[start : start + 256]
+        part = stored.isel(time=picked).compute()
+        for hour, got in zip(picked, part["v0"].values, strict=True):
+            expected = tiles(first + hour, 1, **shape.kwargs())["v0"].values[0]
+            ok = ok and bool(np.array_equal(got, expected))
+    return bool(ok)
 
 
 # -- planning and orchestration of backfills ---------------------------------------------------
@@ -188,12 +203,166 @@ def planning(bench: Bench) -> dict[str, Any]:
     return {"shape": shape.describe(), "threads": threads, "rows": rows}
 
 
-def growth(bench: Bench) -> dict[str, Any]:
-    raise NotImplementedError
+# -- shared helpers: flow runs and their tasks ---------------------------------------------------
+
+
+def _task_seconds(flow_run_id: Any, name: str) -> list[tuple[float, float]]:
+    """(start, end) as UNIX times of the task runs called ``name`` of a flow run."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        runs = client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
+        )
+    return sorted(
+        (r.start_time.timestamp(), r.end_time.timestamp())
+        for r in runs
+        if r.name.startswith(name) and r.start_time and r.end_time
+    )
+
+
+def _run_flow(flow: Any, *args: Any, **kwargs: Any) -> tuple[Any, Any]:
+    """The flow's result and its flow run id."""
+    state = flow(*args, return_state=True, **kwargs)
+    return state.result(), state.state_details.flow_run_id
+
+
+SHARED: dict[str, Any] = {}  # what one section leaves to the next (the 1M-chunk archive)
+
+
+# -- big change sets: one run writing many chunks ------------------------------------------------
 
 
 def bigrun(bench: Bench) -> dict[str, Any]:
-    raise NotImplementedError
+    """create_flow of 10k, 100k and 1M chunks of 1 KiB: memory of each process and commit time."""
+    from flows import Target, create_flow
+
+    shape = TileShape(ny=160, nx=160, tile=16)  # 100 chunks an hour
+    sizes = [10_000, 50_000] if bench.sizes == "small" else [10_000, 100_000, 1_000_000]
+    rows = []
+    for chunks in sizes:
+        hours = shape.hours_for(chunks)
+        path = fresh(bench, f"bigrun-{chunks}")
+        bench.log(f"bigrun: create_flow of {chunks:,} chunks ({hours} hours of {shape.describe()})")
+        processes = {**bench.processes(), "scheduler": bench.cluster.scheduler_pid}
+        with PeakRss(processes, interval=0.2) as rss:
+            begun = time.perf_counter()
+            result, run_id = _run_flow(
+                create_flow, Target(repo=str(path)), tiles_source(shape, first=0, periods=hours),
+                scheduler_address=bench.address,
+            )  # fmt: skip
+            wall = time.perf_counter() - begun
+        commit = _task_seconds(run_id, "commit")
+        lazy = _task_seconds(run_id, "write_lazy")
+        during_commit = _peak_between(rss, *(commit[0] if commit else (0.0, 0.0)))
+        repo = _open(path)
+        manifests = repo.list_manifest_files(repo.lookup_branch("main"))
+        same = _same_as_source(repo, shape, 0, hours, sample=200)
+        row = {
+            "identical": same,
+            "chunks": chunks,
+            "written": result.chunks_written,
+            "wall": wall,
+            "commit_seconds": commit[0][1] - commit[0][0] if commit else None,
+            "batches": len(lazy),
+            "peak_rss": rss.peaks,
+            "peak_rss_during_commit": during_commit,
+            "manifests": len(manifests),
+            "refs": sum(m.num_chunk_refs for m in manifests),
+            "path": str(path),
+        }
+        bench.log(
+            f"   {wall:.0f} s, commit {row['commit_seconds']:.1f} s, {len(lazy)} batches; peak RSS "
+            + ", ".join(f"{k} {v / 1e9:.2f} GB" for k, v in rss.peaks.items())
+            + f"; during commit: flow process {during_commit.get('flow process', 0) / 1e9:.2f} GB"
+        )
+        rows.append(row)
+        SHARED["archive"] = {"path": str(path), "hours": hours, "shape": shape, "chunks": chunks}
+    return {"shape": shape.describe(), "rows": rows}
+
+
+def _peak_between(rss: PeakRss, start: float, end: float) -> dict[str, int]:
+    peaks: dict[str, int] = {}
+    for when, sample in rss.series:
+        if start - 0.5 <= when <= end + 0.5:
+            for name, value in sample.items():
+                peaks[name] = max(peaks.get(name, 0), value)
+    return peaks
+
+
+# -- growth: commit latency as the archive grows ---------------------------------------------
+
+
+def growth(bench: Bench) -> dict[str, Any]:
+    """Appends of one hour into the big archive and into a young one, interleaved; commit
+    time of each (the commit task of append_flow), with manifests split (the default) and
+    with one manifest per array."""
+    from flows import Target, append_flow, create_flow
+
+    archive = SHARED.get("archive")
+    shape = TileShape(ny=160, nx=160, tile=16)
+    if archive is None:  # run alone: an archive of its own
+        hours = shape.hours_for(100_000 if bench.sizes == "small" else 1_000_000)
+        path = fresh(bench, "growth-old")
+        bench.log(f"growth: creating the old archive, {hours * shape.chunks_per_hour:,} chunks")
+        create_flow(Target(repo=str(path)), tiles_source(shape, first=0, periods=hours),
+                    scheduler_address=bench.address)  # fmt: skip
+        archive = {"path": str(path), "hours": hours, "shape": shape}
+        SHARED["archive"] = archive
+    young_path = fresh(bench, "growth-young")
+    young_hours = 24
+    create_flow(Target(repo=str(young_path)), tiles_source(shape, first=0, periods=young_hours),
+                scheduler_address=bench.address)  # fmt: skip
+    repos = {
+        "old": {"path": archive["path"], "next": archive["hours"]},
+        "young": {"path": str(young_path), "next": young_hours},
+    }
+    appends = 12 if bench.sizes == "small" else 30
+    unsplit = 3 if bench.sizes == "small" else 6
+    phases = [
+        # the default: the first append records the split and re-splits what exists
+        ("split (default)", {}, appends),
+        # one manifest per array, recorded; its first append merges the split ones again
+        ("one manifest per array", {"split_size": 0}, unsplit),
+    ]
+    out: dict[str, Any] = {"shape": shape.describe(), "young_hours": young_hours, "phases": {}}
+    for label, manifests, count in phases:
+        records: dict[str, list[dict[str, float]]] = {"old": [], "young": []}
+        for _k in range(count + 1):  # the first of each phase changes the layout: reported apart
+            for name, state in repos.items():
+                target = Target(repo=state["path"], manifests=manifests)
+                begun = time.perf_counter()
+                _, run_id = _run_flow(
+                    append_flow, target, tiles_source(shape, first=state["next"], periods=1),
+                    "time", scheduler_address=bench.address,
+                )  # fmt: skip
+                wall = time.perf_counter() - begun
+                state["next"] += 1
+                (start, end), *_ = _task_seconds(run_id, "commit")
+                records[name].append({"wall": wall, "commit": end - start})
+        summary = {}
+        for name, rows in records.items():
+            steady = [r["commit"] for r in rows[1:]]
+            summary[name] = {
+                "first_commit": rows[0]["commit"],
+                "commit_median": float(np.median(steady)),
+                "commit_min": float(min(steady)),
+                "commit_max": float(max(steady)),
+                "wall_median": float(np.median([r["wall"] for r in rows[1:]])),
+                "commits": [r["commit"] for r in rows],
+            }
+        old_repo = _open(Path(repos["old"]["path"]))
+        summary["old_manifests"] = len(old_repo.list_manifest_files(old_repo.lookup_branch("main")))
+        summary["ratio"] = summary["old"]["commit_median"] / summary["young"]["commit_median"]
+        summary["old_chunks"] = repos["old"]["next"] * shape.chunks_per_hour
+        out["phases"][label] = summary
+        bench.log(
+            f"   {label}: commit old {summary['old']['commit_median'] * 1000:.0f} ms vs young "
+            f"{summary['young']['commit_median'] * 1000:.0f} ms → {summary['ratio']:.2f}× "
+            f"(first: {summary['old']['first_commit']:.2f} s / {summary['young']['first_commit']:.2f} s)"
+        )
+    return out
 
 
 # -- contention: many windows and many runs at once --------------------------------------------
@@ -418,8 +587,68 @@ def contention(bench: Bench) -> dict[str, Any]:
     return out
 
 
+# -- garbage collection at scale -----------------------------------------------------------------
+
+
 def gc(bench: Bench) -> dict[str, Any]:
-    raise NotImplementedError
+    """maintenance_flow on the big archive after a few hundred more commits: peak RSS of the
+    flow process (the collection runs in it) and what it removed."""
+    from flows import Target, create_flow, maintenance_flow
+    from tasks.writer import to_icechunk
 
-
-_ = (dt, time)
+    archive = SHARED.get("archive")
+    shape = TileShape(ny=160, nx=160, tile=16)
+    if archive is None:
+        hours = shape.hours_for(50_000 if bench.sizes == "small" else 1_000_000)
+        path = fresh(bench, "gc")
+        create_flow(Target(repo=str(path)), tiles_source(shape, first=0, periods=hours),
+                    scheduler_address=bench.address)  # fmt: skip
+        archive = {"path": str(path), "hours": hours}
+    path = Path(archive["path"])
+    repo = _open(path)
+    stored = xr.open_zarr(repo.readonly_session("main").store, consolidated=False)
+    next_hour = int(stored.sizes["time"])
+    snapshots = 60 if bench.sizes == "small" else 300
+    rewrites = 10 if bench.sizes == "small" else 50
+    bench.log(f"gc: {snapshots} one-hour appends and {rewrites} rewritten hours, then maintenance")
+    begun = time.perf_counter()
+    with dask.config.set(scheduler="synchronous"):
+        for k in range(snapshots):
+            session = repo.writable_session("main")
+            to_icechunk(tiles(next_hour + k, 1, **shape.kwargs()), session, append_dim="time")
+            session.commit(f"gc benchmark: append {k}")
+        for k in range(rewrites):
+            # the same values again: the old chunks become garbage once their snapshots expire
+            session = repo.writable_session("main")
+            to_icechunk(tiles(k, 1, **shape.kwargs()), session, region="auto")
+            session.commit(f"gc benchmark: rewrite hour {k}")
+    history = time.perf_counter() - begun
+    ancestry = list(repo.ancestry(branch="main"))
+    time.sleep(1.0)
+    cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=500)
+    processes = {"flow process": bench.processes()["flow process"]}
+    with PeakRss(processes, interval=0.05) as rss:
+        begun = time.perf_counter()
+        result, _ = _run_flow(
+            maintenance_flow, Target(repo=str(path)), older_than=cutoff, margin=dt.timedelta(0)
+        )
+        seconds = time.perf_counter() - begun
+    refs = sum(
+        m.num_chunk_refs for m in _open(path).list_manifest_files(_open(path).lookup_branch("main"))
+    )
+    same = _same_as_source(_open(path), shape, 0, next_hour + snapshots, sample=200)
+    out = {
+        "chunks": refs,
+        "snapshots_before": len(ancestry),
+        "history_seconds": history,
+        "seconds": seconds,
+        "peak_rss": rss.peaks["flow process"],
+        "result": result.model_dump(mode="json"),
+        "identical_after": same,
+    }
+    bench.log(
+        f"   {seconds:.1f} s, peak RSS {rss.peaks['flow process'] / 1e9:.2f} GB; expired "
+        f"{result.snapshots_expired}, deleted {result.chunks_deleted} chunks, "
+        f"{result.manifests_deleted} manifests, {result.snapshots_deleted} snapshots; data intact {same}"
+    )
+    return out

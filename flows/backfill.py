@@ -25,6 +25,7 @@ import contextlib
 import datetime as dt
 import functools
 import itertools
+import math
 import tempfile
 import time
 from collections import deque
@@ -124,8 +125,9 @@ def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
     end="The time to fill up to (not included).",
     freq='The length of one window, as a pandas frequency: "1D", "6h", "MS".',
     batch=(
-        "How many windows are in flight on the cluster at once: they are written in units "
-        "of consecutive windows, two units per worker thread, committed every few seconds."
+        "At most this many windows are in flight on the cluster: they are written in units "
+        "of consecutive windows (at least two per worker thread, at most 1 GiB each) and "
+        "committed in groups every few seconds."
     ),
 )
 def backfill_flow(
@@ -136,7 +138,7 @@ def backfill_flow(
     freq: str = "1D",
     group: Annotated[str | None, FORM] = None,
     append_dim: str = "time",
-    batch: int = 16,
+    batch: int = 128,
     scheduler_address: Annotated[str | None, FORM] = None,
 ) -> BackfillResult:
     """Fill [start, end) along ``append_dim`` from the source, window by window; windows
@@ -301,10 +303,6 @@ class _Backfill:
         spans = [s for s in spans if s.hi > s.lo]
         if not spans:
             return _Written()
-        chunk_sizes = sorted(
-            {a.chunks[a.dims.index(self.append_dim)] for a in stored.arrays.values()
-             if self.append_dim in a.dims}
-        )  # fmt: skip
         request = WriteRequest(mode="region", group=self.group, region={self.append_dim: "auto"})
         open_window = functools.partial(_open_window, self.source, self.append_dim)
         publisher = WindowPublisher(repo, branch)
@@ -312,6 +310,12 @@ class _Backfill:
         # a request the group refuses is refused here, before any window is written
         first = XarrayDatasetWriter(open_window(spans[0].start, spans[0].end), store=fork.store)
         template = first.for_request(request).plan()
+        # the chunk lengths along the dimension of the arrays the windows write (the
+        # dimension's own coordinate holds the labels already and is not written)
+        chunk_sizes = sorted(
+            {a.chunks[a.dims.index(self.append_dim)] for a in template.arrays
+             if a.action != "skip" and self.append_dim in a.dims}
+        ) or [1]  # fmt: skip
         address = resolve_scheduler_address(self.scheduler_address)
         check_scheduler(address)
         with dask_client(address) as flow_client, contextlib.ExitStack() as stack:
@@ -321,10 +325,17 @@ class _Backfill:
             )
             threads = max(1, sum(client.nthreads().values()))
             # ``batch`` windows in flight as two units per worker thread (one computing,
-            # one queued, so that no worker waits for the flow between units), and no unit
-            # bigger than UNIT_BYTES: what a killed run loses of one unit's work
+            # one queued, so that no worker waits for the flow between units); at least
+            # two units per thread in all; no unit bigger than UNIT_BYTES (what a killed
+            # run loses of one unit's work). A unit costs about 0.1 s whatever its size:
+            # tiny windows want big units
             per_unit = max(
-                1, min(batch // (2 * threads), UNIT_BYTES // max(1, template.bytes_written))
+                1,
+                min(
+                    batch // (2 * threads),
+                    math.ceil(len(spans) / (2 * threads)),
+                    UNIT_BYTES // max(1, template.bytes_written),
+                ),
             )
             units = units_of(spans, chunk_sizes, per_unit)
             logger.info(

@@ -301,7 +301,7 @@ def backfill(
     append_dim: Annotated[str, typer.Option(help="The dimension to fill.")] = "time",
     batch: Annotated[
         int, typer.Option(min=1, help="Windows in flight on the cluster at once.")
-    ] = 16,
+    ] = 128,
     dry_run: DryRunOption = False,
     scheduler_address: SchedulerOption = None,
 ) -> None:
