@@ -249,8 +249,9 @@ def bigrun(bench: Bench) -> dict[str, Any]:
         with PeakRss(processes, interval=0.2) as rss:
             begun = time.perf_counter()
             result, run_id = _run_flow(
-                create_flow, Target(repo=str(path)), tiles_source(shape, first=0, periods=hours),
-                scheduler_address=bench.address,
+                create_flow, Target(repo=str(path)),
+                tiles_source(shape, first=0, periods=hours, hourly_blocks=True),
+                encoding=shape.encoding(), scheduler_address=bench.address,
             )  # fmt: skip
             wall = time.perf_counter() - begun
         commit = _task_seconds(run_id, "commit")
@@ -306,14 +307,16 @@ def growth(bench: Bench) -> dict[str, Any]:
         hours = shape.hours_for(100_000 if bench.sizes == "small" else 1_000_000)
         path = fresh(bench, "growth-old")
         bench.log(f"growth: creating the old archive, {hours * shape.chunks_per_hour:,} chunks")
-        create_flow(Target(repo=str(path)), tiles_source(shape, first=0, periods=hours),
-                    scheduler_address=bench.address)  # fmt: skip
+        create_flow(Target(repo=str(path)),
+                    tiles_source(shape, first=0, periods=hours, hourly_blocks=True),
+                    encoding=shape.encoding(), scheduler_address=bench.address)  # fmt: skip
         archive = {"path": str(path), "hours": hours, "shape": shape}
         SHARED["archive"] = archive
     young_path = fresh(bench, "growth-young")
     young_hours = 24
-    create_flow(Target(repo=str(young_path)), tiles_source(shape, first=0, periods=young_hours),
-                scheduler_address=bench.address)  # fmt: skip
+    create_flow(Target(repo=str(young_path)),
+                tiles_source(shape, first=0, periods=young_hours, hourly_blocks=True),
+                encoding=shape.encoding(), scheduler_address=bench.address)  # fmt: skip
     repos = {
         "old": {"path": archive["path"], "next": archive["hours"]},
         "young": {"path": str(young_path), "next": young_hours},
@@ -334,7 +337,8 @@ def growth(bench: Bench) -> dict[str, Any]:
                 target = Target(repo=state["path"], manifests=manifests)
                 begun = time.perf_counter()
                 _, run_id = _run_flow(
-                    append_flow, target, tiles_source(shape, first=state["next"], periods=1),
+                    append_flow, target,
+                    tiles_source(shape, first=state["next"], periods=1, hourly_blocks=True),
                     "time", scheduler_address=bench.address,
                 )  # fmt: skip
                 wall = time.perf_counter() - begun
@@ -601,8 +605,9 @@ def gc(bench: Bench) -> dict[str, Any]:
     if archive is None:
         hours = shape.hours_for(50_000 if bench.sizes == "small" else 1_000_000)
         path = fresh(bench, "gc")
-        create_flow(Target(repo=str(path)), tiles_source(shape, first=0, periods=hours),
-                    scheduler_address=bench.address)  # fmt: skip
+        create_flow(Target(repo=str(path)),
+                    tiles_source(shape, first=0, periods=hours, hourly_blocks=True),
+                    encoding=shape.encoding(), scheduler_address=bench.address)  # fmt: skip
         archive = {"path": str(path), "hours": hours}
     path = Path(archive["path"])
     repo = _open(path)
@@ -615,12 +620,14 @@ def gc(bench: Bench) -> dict[str, Any]:
     with dask.config.set(scheduler="synchronous"):
         for k in range(snapshots):
             session = repo.writable_session("main")
-            to_icechunk(tiles(next_hour + k, 1, **shape.kwargs()), session, append_dim="time")
+            hour = tiles(next_hour + k, 1, **shape.kwargs(), hourly_blocks=True)
+            to_icechunk(hour, session, append_dim="time")
             session.commit(f"gc benchmark: append {k}")
         for k in range(rewrites):
             # the same values again: the old chunks become garbage once their snapshots expire
             session = repo.writable_session("main")
-            to_icechunk(tiles(k, 1, **shape.kwargs()), session, region="auto")
+            hour = tiles(k, 1, **shape.kwargs(), hourly_blocks=True)
+            to_icechunk(hour, session, region="auto")
             session.commit(f"gc benchmark: rewrite hour {k}")
     history = time.perf_counter() - begun
     ancestry = list(repo.ancestry(branch="main"))
@@ -641,7 +648,7 @@ def gc(bench: Bench) -> dict[str, Any]:
         "chunks": refs,
         "snapshots_before": len(ancestry),
         "history_seconds": history,
-        "seconds": seconds,
+        "maintenance_seconds": seconds,
         "peak_rss": rss.peaks["flow process"],
         "result": result.model_dump(mode="json"),
         "identical_after": same,

@@ -71,6 +71,9 @@ __all__ = [
 # About one GiB per resumable batch: small enough to lose little when killed, large
 # enough that each batch keeps a cluster busy.
 BATCH_BYTES = 2**30
+# And at most this many chunks: with tiny chunks a GiB is a million of them, minutes of
+# work to lose, and a batch's fork carries a reference to every chunk it wrote.
+BATCH_CHUNKS = 250_000
 
 Encoding = dict[str, dict[str, Any]]
 """Per-variable encoding as JSON carries it (the flows' parameter type)."""
@@ -488,7 +491,11 @@ def _resume_key(run: WriteRun, repo: icechunk.Repository, base: str) -> str | No
 def _target_batches(plan: WritePlan, run: WriteRun) -> int:
     if run.settings.batches:
         return run.settings.batches
-    return max(1, math.ceil(plan.bytes_in_phase("lazy") / BATCH_BYTES))
+    return max(
+        1,
+        math.ceil(plan.bytes_in_phase("lazy") / BATCH_BYTES),
+        math.ceil(plan.chunks_in_phase("lazy") / BATCH_CHUNKS),
+    )
 
 
 def _staging_branch() -> str:
