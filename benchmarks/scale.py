@@ -182,6 +182,59 @@ class PeakRss:
         self._sample()
 
 
+# -- flow runs in processes of their own ---------------------------------------------------------
+
+
+class FlowProcess:
+    """A flow run in its own process (benchmarks/scale_runner.py), started and imported
+    ahead, run on ``go()``; ``wait()`` returns its JSON report."""
+
+    def __init__(self, api_url: str, logs: Path, flow: str, **kwargs: Any) -> None:
+        from benchmarks.infra import subprocess_env
+
+        spec = json.dumps({"flow": flow, "kwargs": kwargs}, default=str)
+        logs.parent.mkdir(parents=True, exist_ok=True)
+        self.logs = logs
+        self._stderr = logs.open("w")
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "benchmarks.scale_runner", spec],
+            env=subprocess_env(api_url),
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=self._stderr,
+            text=True,
+            cwd=ROOT,
+        )
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        if line.strip() != "ready":
+            self.proc.kill()
+            raise RuntimeError(f"flow process for {flow} did not start: {line!r}")
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write("\n")
+        self.proc.stdin.flush()
+
+    def wait(self, timeout: float = 7200) -> dict[str, Any]:
+        assert self.proc.stdout is not None
+        line = self.proc.stdout.readline()
+        self.proc.wait(timeout=timeout)
+        self._stderr.close()
+        if not line:
+            raise RuntimeError(f"flow process {self.proc.pid} exited with {self.proc.returncode}")
+        report: dict[str, Any] = json.loads(line)
+        return report
+
+    def count(self, pattern: str) -> int:
+        """Lines of the run's log (stderr) holding ``pattern``."""
+        return sum(pattern in line for line in self.logs.read_text().splitlines())
+
+
 # -- the run -------------------------------------------------------------------------------------
 
 
@@ -197,6 +250,25 @@ class Bench:
     @property
     def address(self) -> str:
         return self.cluster.address
+
+    def flow_process(self, name: str, flow: str, **kwargs: Any) -> FlowProcess:
+        return FlowProcess(self.api_url, self.workdir / "logs" / f"{name}.log", flow, **kwargs)
+
+    def service_cpu(self) -> float:
+        """CPU seconds used so far by the services every run shares: the dask scheduler and
+        workers, and the Prefect API server (and its uvicorn)."""
+        from benchmarks.infra import _is_prefect_server
+
+        pids = {self.cluster.scheduler_pid, *self.cluster.worker_pids}
+        for child in psutil.Process().children(recursive=True):
+            if _is_prefect_server(child):
+                pids.add(child.pid)
+        total = 0.0
+        for pid in pids:
+            with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+                times = psutil.Process(pid).cpu_times()
+                total += times.user + times.system
+        return total
 
     def processes(self) -> dict[str, int]:
         """The flow process (this one) and each worker, by name."""
@@ -260,6 +332,11 @@ def main(argv: list[str] | None = None) -> int:
             workdir = Path(
                 stack.enter_context(tempfile.TemporaryDirectory(prefix="icefloe-scale-"))
             )
+        # the S3 test server takes any credentials; flows and workers find these
+        from tests.s3_server import ACCESS_KEY_ID, SECRET_ACCESS_KEY
+
+        os.environ.setdefault("AWS_ACCESS_KEY_ID", ACCESS_KEY_ID)
+        os.environ.setdefault("AWS_SECRET_ACCESS_KEY", SECRET_ACCESS_KEY)
         api_url = stack.enter_context(prefect_server(workdir / "prefect"))
         # in the environment too: threads that do not carry the settings context (dask's,
         # icechunk callbacks) would otherwise start a temporary server of their own

@@ -6,6 +6,7 @@ import contextlib
 import datetime as dt
 import itertools
 import logging
+import os
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -501,10 +502,11 @@ def _contention_backfill(bench: Bench, new_target: Callable[[str], Any], shape: 
 
 def _region_runs(bench: Bench, new_target: Callable[[str], Any], shape: TileShape, runs: int,
                  hours: int) -> dict[str, Any]:  # fmt: skip
-    """``runs`` region_flow runs writing disjoint windows, one after the other and all at once."""
-    import concurrent.futures
+    """``runs`` region_flow runs writing disjoint windows, each in a flow process of its
+    own (as a Prefect worker runs them): one after the other, then all at once."""
+    import uuid
 
-    from flows import backfill_flow, region_flow
+    from flows import append_flow, backfill_flow
 
     def prepared(name: str) -> Any:
         # the group and its whole time axis, empty but for the first hour
@@ -512,62 +514,74 @@ def _region_runs(bench: Bench, new_target: Callable[[str], Any], shape: TileShap
         backfill_flow(target, tiles_source(shape), start=START.to_pydatetime(),
                       end=(START + pd.Timedelta(hours=1)).to_pydatetime(), freq="1h",
                       scheduler_address=bench.address)  # fmt: skip
-        from flows import append_flow
-
         append_flow(target, tiles_source(shape, first=1, periods=runs * hours - 1), "time",
                     scheduler_address=bench.address)  # fmt: skip
         return target
 
-    def one(target: Any, k: int) -> float:
-        begun = time.perf_counter()
-        region_flow(target, tiles_source(shape, first=k * hours, periods=hours),
-                    scheduler_address=bench.address)  # fmt: skip
-        return time.perf_counter() - begun
+    def started(target: Any, k: int) -> Any:
+        return bench.flow_process(
+            f"region-{k}-{uuid.uuid4().hex[:6]}",
+            "region_flow",
+            target=target.model_dump(mode="json"),
+            source=tiles_source(shape, first=k * hours, periods=hours),
+            scheduler_address=bench.address,
+        )
+
+    def counted(procs: list[Any]) -> dict[str, int]:
+        return {
+            name: sum(p.count(pattern) for p in procs)
+            for name, pattern in _Retries.PATTERNS.items()
+        }
 
     out: dict[str, Any] = {"runs": runs, "hours_per_run": hours}
     expected = tiles(0, runs * hours, **shape.kwargs()).compute()
     sequential_target = prepared("regions-sequential")
-    with _counting_retries() as retries:
-        begun = time.perf_counter()
-        alone = [one(sequential_target, k) for k in range(runs)]
-        sequential_wall = time.perf_counter() - begun
-    out["sequential"] = {"wall": sequential_wall, "runs": alone, "retries": retries.counts}
+    alone, done = [], []
+    for k in range(runs):
+        proc = started(sequential_target, k)
+        proc.go()
+        report = proc.wait()
+        alone.append(report["ended"] - report["started"])
+        done.append(proc)
+    out["sequential"] = {"wall": sum(alone), "runs": alone, "retries": counted(done)}
     concurrent_target = prepared("regions-concurrent")
-    failures: list[str] = []
-    with _counting_retries() as retries, concurrent.futures.ThreadPoolExecutor(runs) as pool:
-        begun = time.perf_counter()
-        futures = [pool.submit(one, concurrent_target, k) for k in range(runs)]
-        times = []
-        for future in futures:
-            try:
-                times.append(future.result())
-            except Exception as err:
-                failures.append(f"{type(err).__name__}: {err}")
-        wall = time.perf_counter() - begun
+    procs = [started(concurrent_target, k) for k in range(runs)]  # all imported, waiting
+    services_before = bench.service_cpu()
+    for proc in procs:
+        proc.go()
+    reports = [proc.wait() for proc in procs]
+    services = bench.service_cpu() - services_before
+    flow_cpu = sum(r["cpu_seconds"] for r in reports)
+    failures = [f"{r['state']}: {r['message']}" for r in reports if r["state"] != "Completed"]
+    wall = max(r["ended"] for r in reports) - min(r["started"] for r in reports)
+    retries = counted(procs)
     commits, rebased = _commits_rebased(concurrent_target)
     stored_sequential, stored = _read(sequential_target), _read(concurrent_target)
-    from distributed import Client
-
-    threads = sum(Client(bench.address, set_as_default=False).nthreads().values())
-    parallelism = min(runs, threads)
+    parallelism = min(runs, os.cpu_count() or 1)
     ideal = sum(alone) / parallelism
     window_bytes = shape.chunks_per_hour * hours * shape.tile * shape.tile * 4
+    started_over = retries["run started over (arrays changed meanwhile)"]
     out.update(
-        concurrent={"wall": wall, "runs": times, "retries": retries.counts, "failures": failures},
+        concurrent={"wall": wall, "runs": [r["ended"] - r["started"] for r in reports],
+                    "retries": retries, "failures": failures, "flow_cpu_seconds": flow_cpu,
+                    "service_cpu_seconds": services},
+        # CPU the runs needed (flow processes, workers, scheduler, Prefect API) over the
+        # cores: no schedule on this machine is faster than that
+        cpu_floor_seconds=(flow_cpu + services) / (os.cpu_count() or 1),
         parallelism=parallelism,
         ideal_seconds=ideal,
         ratio_to_ideal=wall / ideal,
         commits=commits,
         rebased_commits=rebased,
-        runs_started_over=retries.counts["run started over (arrays changed meanwhile)"],
-        bytes_rewritten_per_window=retries.counts["run started over (arrays changed meanwhile)"]
-        * window_bytes / runs,
+        runs_started_over=started_over,
+        bytes_rewritten_per_window=started_over * window_bytes / runs,
         identical=bool(stored["v0"].equals(expected["v0"])),
         identical_to_sequential=bool(stored.identical(stored_sequential)),
     )  # fmt: skip
-    bench.log(f"   {runs} region runs: sequential {sequential_wall:.1f} s, concurrent {wall:.1f} s, "
-              f"ideal {ideal:.1f} s; {failures or 'no failures'}; {retries.counts}; rebased "
-              f"{rebased}/{commits}; identical {out['identical']}")  # fmt: skip
+    bench.log(f"   {runs} region runs: alone {sum(alone):.1f} s in all, at once {wall:.1f} s, "
+              f"ideal {ideal:.1f} s → {wall / ideal:.2f}×, CPU floor {out['cpu_floor_seconds']:.1f} s; "
+              f"{failures or 'no failures'}; {retries}; "
+              f"rebased {rebased}/{commits}; identical {out['identical']}")  # fmt: skip
     return out
 
 
