@@ -237,7 +237,7 @@ SHARED: dict[str, Any] = {}  # what one section leaves to the next (the 1M-chunk
 
 def bigrun(bench: Bench) -> dict[str, Any]:
     """create_flow of 10k, 100k and 1M chunks of 1 KiB: memory of each process and commit time."""
-    from flows import Target, create_flow
+    from flows import Target
 
     shape = TileShape(ny=160, nx=160, tile=16)  # 100 chunks an hour
     sizes = [10_000, 50_000] if bench.sizes == "small" else [10_000, 100_000, 1_000_000]
@@ -246,25 +246,36 @@ def bigrun(bench: Bench) -> dict[str, Any]:
         hours = shape.hours_for(chunks)
         path = fresh(bench, f"bigrun-{chunks}")
         bench.log(f"bigrun: create_flow of {chunks:,} chunks ({hours} hours of {shape.describe()})")
-        processes = {**bench.processes(), "scheduler": bench.cluster.scheduler_pid}
+        # the flow in a process of its own, as a worker runs it: its memory is the run's
+        proc = bench.flow_process(
+            f"bigrun-{chunks}", "create_flow",
+            target=Target(repo=str(path)).model_dump(mode="json"),
+            source=tiles_source(shape, first=0, periods=hours, hourly_blocks=True),
+            encoding=shape.encoding(), scheduler_address=bench.address,
+        )  # fmt: skip
+        processes = {
+            "flow process": proc.pid,
+            **{f"worker {i + 1}": pid for i, pid in enumerate(bench.cluster.worker_pids)},
+            "scheduler": bench.cluster.scheduler_pid,
+        }
         with PeakRss(processes, interval=0.2) as rss:
-            begun = time.perf_counter()
-            result, run_id = _run_flow(
-                create_flow, Target(repo=str(path)),
-                tiles_source(shape, first=0, periods=hours, hourly_blocks=True),
-                encoding=shape.encoding(), scheduler_address=bench.address,
-            )  # fmt: skip
-            wall = time.perf_counter() - begun
+            proc.go()
+            report = proc.wait()
+        if report["state"] != "Completed":
+            raise RuntimeError(f"create_flow of {chunks} chunks: {report['message']}")
+        wall = report["ended"] - report["started"]
+        run_id = report["flow_run_id"]
         commit = _task_seconds(run_id, "commit")
         lazy = _task_seconds(run_id, "write_lazy")
         during_commit = _peak_between(rss, *(commit[0] if commit else (0.0, 0.0)))
+        written = report["result"]["chunks_written"]
         repo = _open(path)
         manifests = repo.list_manifest_files(repo.lookup_branch("main"))
         same = _same_as_source(repo, shape, 0, hours, sample=200)
         row = {
             "identical": same,
             "chunks": chunks,
-            "written": result.chunks_written,
+            "written": written,
             "wall": wall,
             "commit_seconds": commit[0][1] - commit[0][0] if commit else None,
             "batches": len(lazy),
@@ -611,7 +622,7 @@ def contention(bench: Bench) -> dict[str, Any]:
 def gc(bench: Bench) -> dict[str, Any]:
     """maintenance_flow on the big archive after a few hundred more commits: peak RSS of the
     flow process (the collection runs in it) and what it removed."""
-    from flows import Target, create_flow, maintenance_flow
+    from flows import Target, create_flow
     from tasks.writer import to_icechunk
 
     archive = SHARED.get("archive")
@@ -647,13 +658,17 @@ def gc(bench: Bench) -> dict[str, Any]:
     ancestry = list(repo.ancestry(branch="main"))
     time.sleep(1.0)
     cutoff = dt.datetime.now(dt.UTC) - dt.timedelta(milliseconds=500)
-    processes = {"flow process": bench.processes()["flow process"]}
-    with PeakRss(processes, interval=0.05) as rss:
-        begun = time.perf_counter()
-        result, _ = _run_flow(
-            maintenance_flow, Target(repo=str(path)), older_than=cutoff, margin=dt.timedelta(0)
-        )
-        seconds = time.perf_counter() - begun
+    proc = bench.flow_process(
+        "gc", "maintenance_flow", target=Target(repo=str(path)).model_dump(mode="json"),
+        older_than=cutoff.isoformat(), margin=0,
+    )  # fmt: skip
+    with PeakRss({"flow process": proc.pid}, interval=0.05) as rss:
+        proc.go()
+        report = proc.wait()
+    if report["state"] != "Completed":
+        raise RuntimeError(f"maintenance_flow: {report['message']}")
+    seconds = report["ended"] - report["started"]
+    result = report["result"]
     refs = sum(
         m.num_chunk_refs for m in _open(path).list_manifest_files(_open(path).lookup_branch("main"))
     )
@@ -664,12 +679,13 @@ def gc(bench: Bench) -> dict[str, Any]:
         "history_seconds": history,
         "maintenance_seconds": seconds,
         "peak_rss": rss.peaks["flow process"],
-        "result": result.model_dump(mode="json"),
+        "result": result,
         "identical_after": same,
     }
     bench.log(
         f"   {seconds:.1f} s, peak RSS {rss.peaks['flow process'] / 1e9:.2f} GB; expired "
-        f"{result.snapshots_expired}, deleted {result.chunks_deleted} chunks, "
-        f"{result.manifests_deleted} manifests, {result.snapshots_deleted} snapshots; data intact {same}"
+        f"{result['snapshots_expired']}, deleted {result['chunks_deleted']} chunks, "
+        f"{result['manifests_deleted']} manifests, {result['snapshots_deleted']} snapshots; "
+        f"data intact {same}"
     )
     return out
