@@ -160,8 +160,12 @@ def _section_contention(entry: dict[str, Any]) -> list[str]:
             f"threads) = {b['ideal_seconds']:.1f} s; measured {b['write_seconds']:.1f} s = "
             f"**{b['ratio_to_ideal']:.2f}×**. Region runs: ideal = sum of the runs alone ÷ "
             f"{r['parallelism']} = {r['ideal_seconds']:.1f} s; measured {r['concurrent']['wall']:.1f} s = "
-            f"**{r['ratio_to_ideal']:.2f}×**. Retries seen in the logs: "
-            f"{_retries(r['concurrent']['retries'])}.",
+            f"**{r['ratio_to_ideal']:.2f}×**. The runs at once used "
+            f"{r['concurrent'].get('flow_cpu_seconds', 0):.0f} CPU s in their flow processes and "
+            f"{r['concurrent'].get('service_cpu_seconds', 0):.0f} in the shared services (dask "
+            f"workers and scheduler, Prefect API): at least "
+            f"{r.get('cpu_floor_seconds', 0):.1f} s on this machine's cores however they are "
+            f"scheduled. Retries seen in the logs: {_retries(r['concurrent']['retries'])}.",
             "",
         ]
     return out
