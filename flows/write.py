@@ -51,7 +51,7 @@ from tasks.audit import AuditRules, audit_snapshot
 from tasks.cluster import check_scheduler, task_runner
 from tasks.cluster import scheduler_address as resolve_scheduler_address
 from tasks.errors import CommitConflictError, GroupNotFoundError, TargetError, TargetNotFoundError
-from tasks.manifests import record_split_rule
+from tasks.manifests import SplitRule, record_split_rule, with_split_rule
 from tasks.plan import WritePlan, human_bytes
 from tasks.publish import Audit
 from tasks.request import OnOverlap, RegionSpec, WriteMode, WriteRequest
@@ -351,10 +351,14 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     request, attempts = run.request, run.settings.start_over_attempts
     locked = request.changes_metadata and run.settings.serialize and not run.dry_run
     with serialized(run.target, request.group, enabled=locked, repo=repo):
-        repo = _split_manifests(run, repo)
+        repo, split_rule = _split_manifests(run, repo)
         for attempt in range(1, attempts + 1):
             try:
-                return _attempt(run, repo, dataset)
+                result = _attempt(run, repo, dataset)
+                if split_rule is not None and result.snapshot_id is not None:
+                    # recorded once the run wrote with it: a refused run changes nothing
+                    record_split_rule(repo, split_rule)
+                return result
             except CommitConflictError as err:
                 if err.overlapping or request.changes_metadata:
                     raise
@@ -373,18 +377,20 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     raise AssertionError("unreachable")
 
 
-def _split_manifests(run: WriteRun, repo: icechunk.Repository) -> icechunk.Repository:
-    """An append records its group's manifest splitting along the append dimension in the
-    repository (tasks.manifests), once the group exists; later commits of any mode keep it."""
+def _split_manifests(
+    run: WriteRun, repo: icechunk.Repository
+) -> tuple[icechunk.Repository, SplitRule | None]:
+    """An append splits its group's manifests along the append dimension (tasks.manifests):
+    the repository with that rule in force, and the rule to record once the run committed."""
     request = run.request
     if run.dry_run or request.mode != "append" or request.append_dim is None:
-        return repo
+        return repo, None
     if run.target.branch not in repo.list_branches():
-        return repo
+        return repo, None
     stored = StoredGroup(repo.readonly_session(branch=run.target.branch).store, request.group)
     if stored.is_empty or request.append_dim not in stored.sizes:
-        return repo
-    return record_split_rule(
+        return repo, None
+    return with_split_rule(
         repo,
         request.group,
         request.append_dim,

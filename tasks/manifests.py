@@ -11,7 +11,7 @@ another split (or none) rewrites all of the array's manifests to its own layout 
 with icechunk 2.3: one commit without the rule merged ten split manifests back into
 one). So the rule is not a per-run setting but part of the repository's persisted
 configuration (``Repository.save_config``), recorded by the first run that appends to the
-group, and every later opener of the repository — icefloe's runs of any mode, and any
+group (once it has committed: a refused run changes nothing), and every later opener of the repository — icefloe's runs of any mode, and any
 other icechunk client — splits the same way.
 
 One rule per group: the group's arrays (``path_matches``), split along the append
@@ -44,6 +44,7 @@ __all__ = [
     "record_split_rule",
     "recorded_rules",
     "split_size_for",
+    "with_split_rule",
 ]
 
 log = logging.getLogger(__name__)
@@ -120,47 +121,56 @@ def split_size_for(session: icechunk.Session, group: str | None, dim: str) -> in
     return max(1, REFS_PER_MANIFEST // per_step)
 
 
-def record_split_rule(
+def with_split_rule(
     repo: icechunk.Repository,
     group: str | None,
     dim: str,
     size: int | None = None,
     *,
     branch: str = "main",
-) -> icechunk.Repository:
-    """``repo`` with the group's splitting rule in force, recorded in the repository.
+) -> tuple[icechunk.Repository, SplitRule | None]:
+    """``repo`` with the group's splitting rule in force in this process, and the rule to
+    record in the repository once the run has written (None: recorded already).
 
     An existing rule for the group is kept unless ``size`` is given and differs (an
-    explicit setting replaces it; 0 records "never split"); without one the size comes
-    from ``split_size_for``. Rules for other groups and rules icefloe did not write are
-    kept, in their order. Returns ``repo`` itself when its configuration already splits
-    that way, else ``repo`` reopened with the rule.
+    explicit setting replaces it; 0 means "never split"); without one the size comes
+    from ``split_size_for``. Nothing is written here: a run that is refused or fails
+    leaves the repository's configuration as it was (``record_split_rule`` writes it).
     """
+    persisted = icechunk.Repository.fetch_config(repo.storage)
+    pattern = group_arrays_pattern(group)
+    existing = next((r for r in recorded_rules(persisted) if r[0] == pattern), None)
+    wanted = (pattern, f"^{re.escape(dim)}$" if size is None or size > 0 else "", size)
+    rule: SplitRule | None = None
+    if existing is not None and (size is None or existing == (*wanted[:2], max(size, 0))):
+        splitting = _splitting_of(persisted)
+    else:
+        if size is None:
+            size = split_size_for(repo.readonly_session(branch=branch), group, dim)
+        rule = SplitRule(group, dim, size)
+        splitting = _replace_rule(persisted, rule)
+    if list(recorded_rules(repo.config)) != list(recorded_rules(_config(splitting))):
+        repo = repo.reopen(config=_config(splitting))
+    return repo, rule
+
+
+def record_split_rule(repo: icechunk.Repository, rule: SplitRule) -> None:
+    """Record ``rule`` in the repository's persisted configuration (replacing the group's
+    earlier rule, keeping every other rule in its place)."""
     with commit_lock(repo):  # the local filesystem cannot update the config atomically
         persisted = icechunk.Repository.fetch_config(repo.storage)
-        pattern = group_arrays_pattern(group)
-        existing = next((r for r in recorded_rules(persisted) if r[0] == pattern), None)
-        wanted = (pattern, f"^{re.escape(dim)}$" if size is None or size > 0 else "", size)
-        if existing is not None and (size is None or existing == (*wanted[:2], max(size, 0))):
-            splitting = _splitting_of(persisted)
-        else:
-            if size is None:
-                size = split_size_for(repo.readonly_session(branch=branch), group, dim)
-            splitting = _replace_rule(persisted, SplitRule(group, dim, size))
-            # saved from a repository opened with the persisted configuration only: this
-            # process's overrides (retries, fetch concurrency) must not become everyone's
-            clean = icechunk.Repository.open(repo.storage)
-            clean.reopen(config=_config(splitting)).save_config()
-            log.info(
-                "manifests of %s are split every %d chunks along %r from now on (recorded "
-                "in the repository's configuration)",
-                f"group {group!r}" if group else "the root group",
-                size,
-                dim,
-            )
-    if list(recorded_rules(repo.config)) == list(recorded_rules(_config(splitting))):
-        return repo
-    return repo.reopen(config=_config(splitting))
+        splitting = _replace_rule(persisted, rule)
+        # saved from a repository opened with the persisted configuration only: this
+        # process's overrides (retries, fetch concurrency) must not become everyone's
+        clean = icechunk.Repository.open(repo.storage)
+        clean.reopen(config=_config(splitting)).save_config()
+    log.info(
+        "manifests of %s are split every %d chunks along %r from now on (recorded in the "
+        "repository's configuration)",
+        f"group {rule.group!r}" if rule.group else "the root group",
+        rule.size,
+        rule.dim,
+    )
 
 
 def _config(splitting: icechunk.ManifestSplittingConfig | None) -> icechunk.RepositoryConfig:

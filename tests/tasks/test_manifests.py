@@ -8,7 +8,13 @@ import icechunk
 import numpy as np
 import zarr
 
-from tasks.manifests import group_arrays_pattern, record_split_rule, recorded_rules, split_size_for
+from tasks.manifests import (
+    group_arrays_pattern,
+    record_split_rule,
+    recorded_rules,
+    split_size_for,
+    with_split_rule,
+)
 
 
 def _repo(path: Path) -> icechunk.Repository:
@@ -42,6 +48,16 @@ def _append(repo: icechunk.Repository, group: str | None, steps: int) -> str:
     return session.commit("append")
 
 
+def _split(
+    repo: icechunk.Repository, group: str | None, dim: str, size: int | None = None
+) -> icechunk.Repository:
+    """The rule in force, and recorded, as a run that appends does once it committed."""
+    repo, rule = with_split_rule(repo, group, dim, size)
+    if rule is not None:
+        record_split_rule(repo, rule)
+    return repo
+
+
 def _manifests(repo: icechunk.Repository) -> list[int]:
     return sorted(m.num_chunk_refs for m in repo.list_manifest_files(repo.lookup_branch("main")))
 
@@ -50,7 +66,7 @@ def test_the_recorded_rule_splits_every_later_commit_of_any_opener(tmp_path: Pat
     repo = _repo(tmp_path / "r")
     _make(repo, "g")
 
-    split = record_split_rule(repo, "g", "time", 5)
+    split = _split(repo, "g", "time", 5)
     _append(split, "g", 1)
 
     # 21 steps of 4 chunks, 5 steps a manifest: 4 full manifests and one of the last step;
@@ -72,29 +88,29 @@ def test_an_existing_rule_is_kept_unless_a_size_is_given(tmp_path: Path) -> None
     repo = _repo(tmp_path / "r")
     _make(repo, "g")
     _make(repo, None)
-    first = record_split_rule(repo, "g", "time", 5)
-    record_split_rule(first, None, "time", 3)
+    first = _split(repo, "g", "time", 5)
+    _split(first, None, "time", 3)
 
     # no size: the recorded one stays, the repository object is reused
-    again = record_split_rule(_reopened(tmp_path / "r"), "g", "time")
+    again = _split(_reopened(tmp_path / "r"), "g", "time")
     assert list(recorded_rules(again.config)) == [
         (group_arrays_pattern("g"), "^time$", 5),
         (group_arrays_pattern(None), "^time$", 3),
     ]
 
     # an explicit size replaces the group's rule and keeps the root group's
-    record_split_rule(again, "g", "time", 10)
+    _split(again, "g", "time", 10)
     assert list(recorded_rules(icechunk.Repository.fetch_config(repo.storage))) == [
         (group_arrays_pattern(None), "^time$", 3),
         (group_arrays_pattern("g"), "^time$", 10),
     ]
 
     # 0: one manifest per array, recorded so that a default run does not split it again
-    never = record_split_rule(_reopened(tmp_path / "r"), "g", "time", 0)
+    never = _split(_reopened(tmp_path / "r"), "g", "time", 0)
     _append(never, "g", 1)
     # g/air in one manifest of 21 steps; the root group's air (untouched since) in its own
     assert [m for m in _manifests(never) if m > 1] == [20 * 4, 21 * 4]
-    kept = record_split_rule(_reopened(tmp_path / "r"), "g", "time")
+    kept = _split(_reopened(tmp_path / "r"), "g", "time")
     assert (group_arrays_pattern("g"), "", 0) in list(recorded_rules(kept.config))
 
 
@@ -109,9 +125,31 @@ def test_without_a_size_a_manifest_holds_about_ten_thousand_references(tmp_path:
             storage=icechunk.StorageSettings(retries=icechunk.StorageRetriesSettings(max_tries=1)),
         )
     )
-    record_split_rule(tuned, "g", "time")
+    _split(tuned, "g", "time")
     persisted = icechunk.Repository.fetch_config(repo.storage)
     assert persisted is not None
     assert persisted.manifest is not None
     assert persisted.manifest.max_concurrent_manifest_fetches_during_commit is None
     assert list(recorded_rules(persisted)) == [(group_arrays_pattern("g"), "^time$", 2500)]
+
+
+def test_a_rule_is_in_force_before_it_is_recorded_and_only_recording_writes(
+    tmp_path: Path,
+) -> None:
+    repo = _repo(tmp_path / "r")
+    _make(repo, "g")
+    before = sorted(p.name for p in (tmp_path / "r").rglob("*"))
+
+    split, rule = with_split_rule(repo, "g", "time", 5)
+
+    # nothing written: a run refused after this leaves the repository as it was
+    assert sorted(p.name for p in (tmp_path / "r").rglob("*")) == before
+    assert icechunk.Repository.fetch_config(repo.storage) is None
+    assert rule is not None
+    _append(split, "g", 1)  # this process commits with the rule already
+    assert [m for m in _manifests(split) if m > 1] == [4, 20, 20, 20, 20]
+    record_split_rule(split, rule)
+    assert list(recorded_rules(icechunk.Repository.fetch_config(repo.storage))) == [
+        (group_arrays_pattern("g"), "^time$", 5)
+    ]
+    assert with_split_rule(split, "g", "time") == (split, None)
