@@ -540,6 +540,7 @@ class _UnitRun:
         again: list[tuple[list[WindowSpan], int]] = []
         for base in dict.fromkeys(b for _, _, _, b in finished):
             group = [(w, u, a) for w, u, a, b in finished if b == base]
+            rebased = self.publisher.rebased
             try:
                 self.commit(self.publisher, base, [w for w, _, _ in group], first=self.committed)
             except CommitConflictError as err:
@@ -558,6 +559,10 @@ class _UnitRun:
                 self._set_base(new_base, fork)
                 continue
             self.committed += sum(len(w.windows) for w, _, _ in group)
+            if self.publisher.rebased > rebased and self._base == base:
+                # someone else committed meanwhile: units not sent yet start from the new tip,
+                # where they merge without a rebase again
+                self._set_base(*self.publisher.fork())
         return again
 
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import itertools
+
 import numpy as np
 
 from tasks.coverage import coverage
@@ -38,3 +40,22 @@ def test_an_extended_axis_shows_its_unwritten_labels_as_a_gap(repo, tmp_path):
     assert "| 1 | 2000-01-05" in found.markdown()
     found.plot(str(tmp_path / "coverage.png"))
     assert (tmp_path / "coverage.png").stat().st_size > 1000
+
+
+def test_missing_in_answers_missing_between_for_every_window_at_once():
+    import pandas as pd
+
+    from tasks.coverage import Coverage
+
+    labels = pd.date_range("2000-01-01", periods=30, freq="D")
+    present = np.ones(30, dtype=bool)
+    present[[3, 4, 17, 29]] = False
+    found = Coverage(None, "time", labels, present)
+    edges = pd.date_range("1999-12-29", periods=14, freq="3D")  # some before and after
+    windows = [(a, b) for a, b in itertools.pairwise(edges)]
+    windows.append((pd.Timestamp("2000-01-10"), pd.Timestamp("2000-01-10")))  # empty
+
+    expected = [found.missing_between(a, b) for a, b in windows]
+    assert found.missing_in(windows).tolist() == expected
+    assert any(expected)
+    assert not all(expected)
