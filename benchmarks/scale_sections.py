@@ -98,7 +98,10 @@ def _direct_units(bench: Bench, path: Path, shape: TileShape, windows: int, batc
     source = PythonSource.model_validate(tiles_source(shape))
     with Client(bench.address, set_as_default=False) as client:
         threads = sum(client.nthreads().values())
-        units = units_of(spans, [1], max(1, batch // (2 * threads)))
+        per_unit = max(
+            1, min(batch // (2 * threads), -(-len(spans) // (2 * threads)))
+        )  # as the flow
+        units = units_of(spans, [1], per_unit)
         begun = time.perf_counter()
         publisher = WindowPublisher(repo, "main")
         base, fork = publisher.fork()
