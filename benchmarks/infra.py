@@ -29,13 +29,17 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class Samples:
-    """Repeated measurements of one quantity (seconds unless ``unit`` says otherwise)."""
+    """Repeated measurements of one quantity (seconds unless ``unit`` says otherwise), each
+    with the machine's conditions while it ran (``Conditions.as_dict``) when measured so."""
 
     values: list[float] = field(default_factory=list)
     unit: str = "s"
+    conditions: list[dict[str, Any]] = field(default_factory=list)
 
-    def add(self, value: float) -> None:
+    def add(self, value: float, conditions: dict[str, Any] | None = None) -> None:
         self.values.append(value)
+        if conditions is not None:
+            self.conditions.append(conditions)
 
     @property
     def median(self) -> float:
@@ -49,8 +53,32 @@ class Samples:
     def high(self) -> float:
         return max(self.values) if self.values else float("nan")
 
+    @property
+    def quartiles(self) -> tuple[float, float]:
+        if len(self.values) < 2:
+            return (self.median, self.median)
+        q1, _, q3 = statistics.quantiles(self.values, n=4, method="inclusive")
+        return (q1, q3)
+
+    @property
+    def busy(self) -> int:
+        """How many of the values were measured while other work loaded the machine."""
+        return sum(1 for c in self.conditions if c.get("busy"))
+
     def as_dict(self) -> dict[str, Any]:
-        return {"median": self.median, "min": self.low, "max": self.high, "values": self.values}
+        q1, q3 = self.quartiles
+        quiet = [v for v, c in zip(self.values, self.conditions, strict=False) if not c["busy"]]
+        return {
+            "median": self.median,
+            "min": self.low,
+            "max": self.high,
+            "q1": q1,
+            "q3": q3,
+            "values": self.values,
+            "conditions": self.conditions,
+            "busy": self.busy,
+            "quiet_median": statistics.median(quiet) if quiet else None,
+        }
 
 
 @contextlib.contextmanager
@@ -219,22 +247,32 @@ def prefect_server(home: Path, timeout: float = 180.0) -> Iterator[str]:
 
 @contextlib.contextmanager
 def prefect_settings(api_url: str, results: Path) -> Iterator[None]:
-    """Point this process (flows run in it) at ``api_url``; results persist under ``results``."""
-    from prefect.settings import (
-        PREFECT_API_URL,
-        PREFECT_LOCAL_STORAGE_PATH,
-        PREFECT_SERVER_ANALYTICS_ENABLED,
-        temporary_settings,
-    )
+    """Point this process (flows run in it) at ``api_url``; results persist under ``results``.
+
+    Set in the environment and in Prefect's process-wide settings, not only in this
+    thread's context: a thread started without a copy of it (Prefect's own workers, a
+    library's) would otherwise find no API and start a temporary server of its own.
+    """
+    from prefect.context import refresh_global_settings_context
 
     results.mkdir(parents=True, exist_ok=True)
     updates = {
-        PREFECT_API_URL: api_url,
-        PREFECT_LOCAL_STORAGE_PATH: results,
-        PREFECT_SERVER_ANALYTICS_ENABLED: False,
+        "PREFECT_API_URL": api_url,
+        "PREFECT_LOCAL_STORAGE_PATH": str(results),
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
     }
-    with temporary_settings(updates):
+    saved = {name: os.environ.get(name) for name in updates}
+    os.environ.update(updates)
+    refresh_global_settings_context()
+    try:
         yield
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        refresh_global_settings_context()
 
 
 def drain_prefect() -> None:
@@ -270,6 +308,122 @@ def subprocess_env(api_url: str) -> dict[str, str]:
             p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p
         ),
     }
+
+
+# -- the machine's other work --------------------------------------------------------------------
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds every core of the machine spent on anything but idling, since boot
+    (``steal``, time the hypervisor gave to other machines, counts as busy)."""
+    fields = Path("/proc/stat").read_text().splitlines()[0].split()[1:]
+    user, nice, system, _idle, _iowait, irq, softirq, steal = (int(x) for x in fields[:8])
+    return (user + nice + system + irq + softirq + steal) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_seconds() -> float:
+    """CPU seconds of this process and everything it started: the live ones, and those that
+    ended and were waited for (with their own waited-for descendants)."""
+    mine = os.times()
+    total = mine.user + mine.system + mine.children_user + mine.children_system
+    for child in psutil.Process().children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.AccessDenied):
+            t = child.cpu_times()
+            total += t.user + t.system + t.children_user + t.children_system
+    return total
+
+
+class OtherWork:
+    """The cores that processes outside this benchmark kept busy, between two readings.
+
+    The load average cannot tell: it counts the benchmark's own processes, and the 1-minute
+    figure still remembers a write that ended a minute ago. This subtracts the CPU time of
+    the benchmark's process tree from the machine's, which leaves other users' work.
+    """
+
+    def __init__(self) -> None:
+        self._wall = time.monotonic()
+        self._machine = _machine_busy_seconds()
+        self._own = _own_seconds()
+
+    def cores(self) -> float:
+        """Cores used by other work since this reading (or the last ``cores`` call)."""
+        wall, machine, own = time.monotonic(), _machine_busy_seconds(), _own_seconds()
+        elapsed = max(wall - self._wall, 1e-6)
+        used = max(0.0, (machine - self._machine) - (own - self._own)) / elapsed
+        self._wall, self._machine, self._own = wall, machine, own
+        return used
+
+
+@dataclass
+class Conditions:
+    """When a measurement counts as quiet, how long to wait for quiet, and how often to retry.
+
+    A measurement is *busy* when other work used more than ``busy_per_core`` of every core,
+    on average, in the second before it started or while it ran; it is then repeated (up to
+    ``retries`` times, within an overall ``retry_budget`` of seconds) and, if every try was
+    busy, the least disturbed try is kept and flagged. Before each try the benchmark waits up
+    to ``max_wait`` seconds for a quiet second, within an overall ``wait_budget``; the load
+    average (1, 5, 15 min) is recorded before and after, for the reader.
+    """
+
+    busy_per_core: float = 0.25
+    max_wait: float = 30.0
+    wait_budget: float = 120.0
+    retries: int = 1
+    retry_budget: float = 90.0
+    waited: float = 0.0
+    retried: float = 0.0
+    cores: int = field(default_factory=lambda: os.cpu_count() or 1)
+
+    @property
+    def threshold(self) -> float:
+        return self.busy_per_core * self.cores
+
+    def wait_for_quiet(self) -> tuple[float, float]:
+        """Wait (bounded) for a second in which other work stayed under the threshold;
+        returns (seconds waited, cores used by other work in the last second)."""
+        began = time.monotonic()
+        limit = min(self.max_wait, max(0.0, self.wait_budget - self.waited))
+        meter = OtherWork()
+        time.sleep(1.0)
+        others = meter.cores()
+        while others > self.threshold and time.monotonic() - began < limit:
+            time.sleep(1.0)
+            others = meter.cores()
+        waited = time.monotonic() - began
+        self.waited += max(0.0, waited - 1.0)
+        return waited, others
+
+    def measure(
+        self, run: Callable[[], float | None], retries: int | None = None
+    ) -> tuple[float, dict[str, Any]]:
+        """``run`` timed (or, if it returns a number, that number), with its conditions;
+        repeated while busy, up to ``retries`` times (default: the configured number; 0 for a
+        run that cannot be repeated on its own)."""
+        tries: list[tuple[float, dict[str, Any]]] = []
+        for _ in range(1 + (self.retries if retries is None else retries)):
+            waited, before = self.wait_for_quiet()
+            load_before = os.getloadavg()
+            meter = OtherWork()
+            with stopwatch() as elapsed:
+                reported = run()
+            during = meter.cores()
+            value = elapsed() if reported is None else float(reported)
+            record = {
+                "load_before": [round(x, 2) for x in load_before],
+                "load_after": [round(x, 2) for x in os.getloadavg()],
+                "others_before": round(before, 2),
+                "others_during": round(during, 2),
+                "waited": round(waited, 1),
+                "busy": max(before, during) > self.threshold,
+                "tries": len(tries) + 1,
+            }
+            tries.append((value, record))
+            if not record["busy"] or self.retried + value > self.retry_budget:
+                break
+            self.retried += value
+        return min(tries, key=lambda t: max(t[1]["others_before"], t[1]["others_during"]))
 
 
 # -- the machine --------------------------------------------------------------------------------

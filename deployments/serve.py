@@ -4,6 +4,8 @@
     write             ad-hoc writes from the Prefect UI, parameters as a typed form
     backfill          manual, CLI, or an event: icefloe.backfill.requested about this
                       archive (resource id icefloe.archive.<archive name>)
+    validate          hourly (and after each scheduled append): freshness, NaN fraction,
+                      gaps, structure; requests a backfill per gap (flows/validate.py)
     maintenance       weekly: expire old snapshots and collect garbage
 
 Parameters are enforced against the flows' schemas, so a wrong value from the UI or
@@ -17,7 +19,6 @@ import datetime as dt
 import json
 import logging
 import os
-import re
 from typing import Any
 
 from prefect import serve
@@ -30,24 +31,16 @@ from flows.backfill import backfill_flow
 from flows.credentials import load_credentials
 from flows.forms import form_properties
 from flows.maintenance import maintenance_flow
-from flows.naming import archive_name
-from flows.scheduled import first_run_preview, last_label, scheduled_append_flow
+from flows.naming import archive_resource_id
+from flows.scheduled import LateData, first_run_preview, last_label, scheduled_append_flow
 from flows.sources import SourceModel
 from flows.targets import Target
+from flows.validate import BACKFILL_REQUESTED, VALIDATE_EVERY, validate_flow
 from flows.write import write_flow
 from tasks.errors import TargetNotFoundError
 
-BACKFILL_EVENT = "icefloe.backfill.requested"
 BACKFILL_FREQ = "1D"  # backfill_flow's default window, for events that name none
 WEEKLY = "0 3 * * 0"  # Sundays 03:00 UTC, when most archives are quiet
-
-
-def archive_resource_id(target: Target) -> str:
-    """The event resource id of ``target``'s archive: ``icefloe.archive.era5`` for
-    ``s3://bucket/era5.icechunk``. An event about one archive starts that archive's backfill
-    only, never that of every archive served on the same Prefect server."""
-    name = archive_name(target.repo).removesuffix(".icechunk")
-    return f"icefloe.archive.{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
 
 
 def backfill_trigger(target: Target, group: str | None) -> DeploymentEventTrigger:
@@ -60,11 +53,11 @@ def backfill_trigger(target: Target, group: str | None) -> DeploymentEventTrigge
     return DeploymentEventTrigger(
         name=f"icefloe: backfill {resource.removeprefix('icefloe.archive.')} on request",
         description=(
-            f"Runs the backfill deployment of {target.describe()} when an {BACKFILL_EVENT} "
+            f"Runs the backfill deployment of {target.describe()} when an {BACKFILL_REQUESTED} "
             f"event about {resource} arrives; its payload gives start and end (ISO times) "
             f"and optionally freq (default {BACKFILL_FREQ}) and group."
         ),
-        expect={BACKFILL_EVENT},
+        expect={BACKFILL_REQUESTED},
         match={"prefect.resource.id": resource},
         parameters={
             "start": "{{ event.payload.start }}",
@@ -85,8 +78,12 @@ def build_deployments(
     cron: str | None = None,
     scheduler_address: str | None = None,
     start: dt.datetime | None = None,
+    late_data: LateData = "wait",
+    validate_every: float = VALIDATE_EVERY,
 ) -> list[RunnerDeployment]:
-    """The four deployments, pointed at ``target`` and ``source``."""
+    """The five deployments, pointed at ``target`` and ``source``; the scheduled append
+    handles late data as ``late_data`` says (docs/spec.md), and validation runs every
+    ``validate_every`` seconds besides after each scheduled append."""
     if (interval is None) == (cron is None):
         raise ValueError("give the scheduled append either --interval SECONDS or --cron EXPR")
     # Unset values are left out, not sent as null: Prefect checks a deployment's parameters
@@ -107,6 +104,7 @@ def build_deployments(
                 **where,
                 "append_dim": append_dim,
                 **({"start": start.isoformat()} if start is not None else {}),
+                "late_data": late_data,
             },
             enforce_parameter_schema=True,
             # A run catches up everything up to its scheduled time, so a run scheduled while
@@ -126,6 +124,16 @@ def build_deployments(
             parameters={**common, **where, "append_dim": append_dim},
             enforce_parameter_schema=True,
             triggers=[backfill_trigger(target, group)],
+        ),
+        validate_flow.to_deployment(
+            name="validate",
+            parameters={"target": common["target"], **({"group": group} if group else {})},
+            enforce_parameter_schema=True,
+            # a validation scheduled while another runs would find the same: cancelled
+            concurrency_limit=ConcurrencyLimitConfig(
+                limit=1, collision_strategy=ConcurrencyLimitStrategy.CANCEL_NEW
+            ),
+            interval=dt.timedelta(seconds=validate_every),
         ),
         maintenance_flow.to_deployment(
             name="maintenance",
@@ -149,6 +157,7 @@ def what_runs_will_do(
     append_dim: str = "time",
     start: dt.datetime | None = None,
     now: dt.datetime | None = None,
+    validate_every: float = VALIDATE_EVERY,
 ) -> list[str]:
     """What ``serve`` says before it serves: what the next scheduled run will write, and
     the event that starts a backfill. A first run against an empty target can write years
@@ -166,8 +175,10 @@ def what_runs_will_do(
     resource = archive_resource_id(target)
     return [
         f"{target.describe()}: {next_run}",
-        f"backfill on an event: prefect event emit {BACKFILL_EVENT} --resource-id {resource} "
+        f"backfill on an event: prefect event emit {BACKFILL_REQUESTED} --resource-id {resource} "
         '--payload \'{"start": "2024-01-01", "end": "2024-02-01"}\'',
+        "validation after each scheduled append and every "
+        f"{_duration(validate_every)}: gaps are backfilled through that event",
     ]
 
 
@@ -175,7 +186,9 @@ def serve_deployments(*, verbose: bool = False, **kwargs: Any) -> None:
     """Serve the deployments until interrupted."""
     deployments = build_deployments(**kwargs)
     preview = {
-        k: kwargs[k] for k in ("target", "source", "group", "append_dim", "start") if k in kwargs
+        k: kwargs[k]
+        for k in ("target", "source", "group", "append_dim", "start", "validate_every")
+        if k in kwargs
     }
     for line in what_runs_will_do(**preview):
         print(line, flush=True)
@@ -203,3 +216,7 @@ def quiet_run_environment() -> dict[str, str]:
         "ICECHUNK_LOG": "error",
     }
     return {k: v for k, v in quiet.items() if k not in os.environ}
+
+
+def _duration(seconds: float) -> str:
+    return str(dt.timedelta(seconds=round(seconds)))

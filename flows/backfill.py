@@ -53,17 +53,20 @@ from pydantic import BaseModel
 from flows.credentials import load_credentials
 from flows.forms import FORM
 from flows.lifeline import ensure_lifeline
+from flows.lineage import materialize_commit
 from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.naming import artifact_key, run_name, tag_run
 from flows.parameter_docs import described
 from flows.refusals import refusing
 from flows.results import WriteResult
 from flows.sources import Source, SourceModel
+from flows.sources.window import to_timestamp
 from flows.targets import Target
 from flows.write import WriteRun, open_source, run_write
 from tasks.cluster import check_scheduler, dask_client, task_runner
 from tasks.cluster import scheduler_address as resolve_scheduler_address
-from tasks.coverage import Coverage, coverage
+from tasks.commit import Metadata
+from tasks.coverage import RECORD_KEY, Coverage, CoverageChange, coverage, coverage_record
 from tasks.errors import CommitConflictError, PlanError, RequestError, TargetNotFoundError
 from tasks.phases import retry_transient
 from tasks.plan import WritePlan
@@ -101,6 +104,15 @@ class Window:
 
     def __str__(self) -> str:
         return f"[{self.start}, {self.end})"
+
+
+def _not_after(end: pd.Timestamp, label: Any) -> bool:
+    """Whether ``end`` is at or before ``label`` (a datetime64 or cftime label); False when
+    the label has no Gregorian counterpart (30 February in 360_day) to compare with."""
+    try:
+        return bool(end <= to_timestamp(label, "the last stored label"))
+    except ValueError:
+        return False
 
 
 def windows_between(start: Any, end: Any, freq: str) -> list[Window]:
@@ -159,7 +171,7 @@ def backfill_flow(
     extended = time.perf_counter()
     # opened again: extending the range may have recorded the group's manifest splitting
     repo = target.open_repository(credentials=load_credentials(target))
-    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+    found = coverage(repo, group, append_dim, branch=target.branch)
     todo = [
         w
         for w, missing in zip(
@@ -183,15 +195,15 @@ def backfill_flow(
     planned = time.perf_counter()
     done = backfill.write_windows(repo, todo, batch, progress) if todo else _Written()
     wrote = time.perf_counter()
-    found = coverage(repo.readonly_session(branch=target.branch), group, append_dim)
+    found = coverage(repo, group, append_dim, branch=target.branch)
     publish_coverage(found, f"backfill of {target.describe()}", target)
     return BackfillResult(
         windows=len(windows),
         windows_written=len(todo),
         windows_already_filled=len(windows) - len(todo),
         labels_present=found.n_present,
-        labels_total=len(found.labels),
-        gaps=len(found.gaps()),
+        labels_total=found.n_labels,
+        gaps=len(found.gaps),
         commits=done.commits,
         rebased_commits=done.rebased,
         windows_rewritten=done.rewritten,
@@ -267,6 +279,8 @@ class _Backfill:
             stored = StoredGroup(repo.readonly_session(branch=self.target.branch).store, self.group)
         _check_dimension(stored, self.group, self.append_dim)
         last = stored.indexes[self.append_dim][-1]
+        if _not_after(windows[-1].end, last):
+            return  # every window lies inside the stored labels: nothing to grow
         beyond = open_source(self.source, last, windows[-1].end, self.append_dim)
         labels = beyond.indexes[self.append_dim]
         labels = labels[labels > last]
@@ -401,9 +415,19 @@ class _Backfill:
             f"{self.append_dim}[{lo}:{hi}]"
         )
         label = f"commit windows {first + 1}-{first + len(windows)} of {total}"
+        # the coverage record of the commit, judged again over the span the windows wrote
+        # against its real parent (after any rebase), as every icefloe commit carries it
+        change = CoverageChange(self.group, self.append_dim, {self.append_dim: (lo, hi)})
+
+        def metadata(session: icechunk.Session) -> dict[str, Any]:
+            record = coverage_record(publisher.repo, session, change)
+            return {"icefloe": {**block, RECORD_KEY: record}}
+
         committed: str = _commit_windows.with_options(task_run_name=label)(
-            publisher, base, [u.fork for u in written], message, {"icefloe": block}
+            publisher, base, [u.fork for u in written], message, metadata
         )
+        # lineage: each commit, not each window, a materialization of the group's asset
+        materialize_commit(self.target, self.source, self.group, committed, block)
         return committed
 
 
@@ -434,7 +458,7 @@ def _commit_windows(
     base: str,
     forks: list[Any],
     message: str,
-    metadata: dict[str, Any],
+    metadata: Metadata,
 ) -> str:
     snapshot = publisher.publish(base, forks, message, metadata)
     get_run_logger().info("%s: %s", message, snapshot)

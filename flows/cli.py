@@ -14,6 +14,7 @@ import traceback
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import datetime
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -33,11 +34,13 @@ from rich.progress import (
 )
 
 from flows.backfill import backfill_flow, windows_between
+from flows.launch import wait_for_temporary_api
 from flows.options import loads_json, validate, validation_message
 from flows.refusals import quiet_console
 from flows.results import WriteResult
 from flows.sources import SourceModel, SyntheticSource, parse_source
 from flows.targets import Target, TargetError
+from flows.validate import VALIDATE_EVERY
 from flows.write import (
     Encoding,
     RegionParameter,
@@ -51,6 +54,7 @@ from tasks.coverage import coverage
 from tasks.errors import GroupNotFoundError, IcefloeError, PlanError, RequestError, is_refusal
 from tasks.plan import human_bytes
 from tasks.progress import watch_progress
+from tasks.spec import DatasetSpec
 from tasks.stored import StoredGroup, normalize_group
 
 app = typer.Typer(
@@ -77,6 +81,14 @@ _ENCODING = TypeAdapter(Encoding)
 _REGION = TypeAdapter(RegionParameter)
 
 DEMO_DIR = "icefloe-demo"
+
+
+class LateDataOption(StrEnum):
+    """The scheduled append's late-data policies (flows.scheduled.LateData)."""
+
+    wait = "wait"
+    hole = "hole"
+
 
 TargetOption = Annotated[
     str,
@@ -122,8 +134,13 @@ def main(
         # went to stderr on every command, ahead of the one line that matters; they are
         # for library users, and --verbose (or ICECHUNK_LOG) shows them.
         icechunk.set_logs_filter("error")
-    # The local cluster's start-up and shutdown chatter would bury the run's own log lines.
-    logging.getLogger("distributed").setLevel(logging.WARNING)
+    if not verbose:
+        # A local cluster's start-up and shutdown chatter (a dozen INFO lines per worker)
+        # would bury the run's own log lines: here, and in the worker processes, which read
+        # dask's configuration from the environment. --verbose, or the variable set to
+        # "info", shows them.
+        logging.getLogger("distributed").setLevel(logging.WARNING)
+        os.environ.setdefault("DASK_LOGGING__DISTRIBUTED", "warning")
     # The temporary Prefect server a run without PREFECT_API_URL starts would try to send
     # usage telemetry, and log an ERROR wherever there is no network; a user who wants it
     # sets the variable.
@@ -168,6 +185,14 @@ def modify(
     only_new_vars: Annotated[
         bool, typer.Option("--only-new-vars", help="Write only variables the group lacks.")
     ] = False,
+    update_spec: Annotated[
+        bool,
+        typer.Option(
+            "--update-spec",
+            help="Let the write change the structure the group's spec declares (dtype, "
+            "dims, chunks, units, time encoding); the spec follows in the same commit.",
+        ),
+    ] = False,
     dry_run: DryRunOption = False,
     scheduler_address: SchedulerOption = None,
 ) -> None:
@@ -181,6 +206,7 @@ def modify(
         scheduler_address,
         group=group,
         only_new_vars=only_new_vars,
+        update_spec=update_spec,
     )
 
 
@@ -193,6 +219,13 @@ def append(
     append_dim: Annotated[str, typer.Option(help="Dimension to append along.")] = "time",
     on_overlap: Annotated[
         str, typer.Option(help="Labels already stored: error, skip or overwrite.")
+    ] = "error",
+    on_gap: Annotated[
+        str,
+        typer.Option(
+            help="Labels missing on the group's step: error (refuse), stop (append up to the "
+            "first missing one) or fill (write them as fill values, recorded as a gap)."
+        ),
     ] = "error",
     dry_run: DryRunOption = False,
     scheduler_address: SchedulerOption = None,
@@ -208,6 +241,7 @@ def append(
         group=group,
         append_dim=append_dim,
         on_overlap=on_overlap,
+        on_gap=on_gap,
     )
 
 
@@ -313,11 +347,7 @@ def backfill(
         windows = windows_between(start, end, freq)
         if dry_run:
             try:
-                found = coverage(
-                    parsed_target.open_repository().readonly_session(branch=branch),
-                    group,
-                    append_dim,
-                )
+                found = coverage(parsed_target.open_repository(), group, append_dim, branch=branch)
                 todo = [w for w in windows if found.missing_between(w.start, w.end)]
             except (OSError, ValueError):
                 todo = windows
@@ -326,6 +356,7 @@ def backfill(
                 console.print(f"  {window}")
             return
         runnable = on_scheduler(backfill_flow, scheduler_address)
+        wait_for_temporary_api()
         with _progress_bar(), quiet_console():
             result = runnable(
                 target=parsed_target,
@@ -361,7 +392,7 @@ def coverage_command(
         session = repo.readonly_session(branch=branch)
         _require_group(session, group, parsed)
         _require_dimension(session, group, append_dim)
-        found = coverage(session, normalize_group(group), append_dim)
+        found = coverage(repo, normalize_group(group), append_dim, branch=branch)
         if png is not None:
             found.plot(str(png))
     console.print(str(found), highlight=False)
@@ -386,8 +417,25 @@ def serve(
             "the source's first label; the synthetic source's is 2020-01-01)."
         ),
     ] = None,
+    late_data: Annotated[
+        LateDataOption,
+        typer.Option(
+            help="A label missing on the step while later ones are there: wait (append up to "
+            "it; the next run retries, no gap is published) or hole (append all, the missing "
+            "labels as fill values, the gap recorded)."
+        ),
+    ] = LateDataOption.wait,
+    validate_every: Annotated[
+        float,
+        typer.Option(
+            min=1,
+            help="Validate the archive every N seconds (it is also validated after each "
+            "scheduled append).",
+        ),
+    ] = VALIDATE_EVERY,
 ) -> None:
-    """Serve the deployments (append-scheduled, write, backfill, maintenance) until stopped.
+    """Serve the deployments (append-scheduled, write, backfill, validate, maintenance)
+    until stopped.
 
     Before serving it prints what the next scheduled run will write."""
     from deployments.serve import serve_deployments
@@ -404,8 +452,134 @@ def serve(
             cron=cron,
             scheduler_address=scheduler_address,
             start=start,
+            late_data=late_data.value,
+            validate_every=validate_every,
             verbose=_verbose,
         )
+
+
+# -- the group's spec ---------------------------------------------------------------------------
+
+spec_app = typer.Typer(
+    name="spec",
+    help="A group's declared spec (docs/spec.md): show it, declare it, compare with it.",
+    no_args_is_help=True,
+)
+app.add_typer(spec_app)
+
+SpecFileOption = Annotated[
+    Path | None, typer.Option("--from", help="A spec as YAML (what `icefloe spec show` prints).")
+]
+
+
+@spec_app.command("show")
+def spec_show(
+    target: TargetOption,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    inferred: Annotated[
+        bool,
+        typer.Option(
+            "--inferred", help="Print the spec of what the group holds now, not the stored one."
+        ),
+    ] = False,
+    append_dim: Annotated[
+        str | None, typer.Option(help="With --inferred: the dimension appends extend.")
+    ] = None,
+) -> None:
+    """Print the group's spec as YAML."""
+    from flows.spec import show_spec, stored_structure
+
+    with _user_errors():
+        parsed = _target(target, branch)
+        if inferred:
+            spec = stored_structure(parsed, group, append_dim)
+        else:
+            found = show_spec(parsed, group)
+            if found is None:
+                raise PlanError(
+                    "the group has no spec (it was written before specs existed): `icefloe spec "
+                    "init` adds one from its arrays, `icefloe spec show --inferred` prints it "
+                    "first",
+                    group=normalize_group(group),
+                )
+            spec = found
+    typer.echo(spec.to_yaml(), nl=False)
+
+
+@spec_app.command("init")
+def spec_init(
+    target: TargetOption,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    from_file: SpecFileOption = None,
+    append_dim: Annotated[
+        str | None,
+        typer.Option(help="The dimension appends extend (default: guessed from the arrays)."),
+    ] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace the spec the group has already.")
+    ] = False,
+) -> None:
+    """Store a spec with the group: inferred from its arrays, or read from --from.
+
+    A group that holds nothing yet takes it as the declaration its first write follows."""
+    from flows.spec import init_spec
+
+    with _user_errors():
+        parsed = _target(target, branch)
+        declared = _spec_file(from_file)
+        spec, snapshot = init_spec(parsed, group, declared, append_dim=append_dim, force=force)
+    where = f"group {normalize_group(group)}" if normalize_group(group) else "the root group"
+    console.print(f"Committed [bold]{snapshot}[/bold] to branch {branch}: the spec of {where}.")
+    typer.echo(spec.to_yaml(), nl=False)
+
+
+@spec_app.command("diff")
+def spec_diff(
+    target: TargetOption,
+    branch: BranchOption = "main",
+    group: GroupOption = None,
+    from_file: SpecFileOption = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            "--source", "-s", help="Compare what this source would write (path, glob or JSON)."
+        ),
+    ] = None,
+) -> None:
+    """What a YAML spec (--from) or a source (--source) changes against the group's spec.
+
+    Exits 1 when they differ, like diff."""
+    from flows.spec import diff_spec
+
+    with _user_errors():
+        if (from_file is None) == (source is None):
+            raise RequestError("give exactly one of --from SPEC.yaml or --source SOURCE")
+        parsed = _target(target, branch)
+        if source is not None:
+            changes = diff_spec(parsed, group, source=parse_source(source, name="--source"))
+        else:
+            changes = diff_spec(parsed, group, spec=_spec_file(from_file))
+    if not changes:
+        console.print("No differences from the group's spec.")
+        return
+    for change in changes:
+        console.print(f"- {change}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(1)
+
+
+def _spec_file(path: Path | None) -> DatasetSpec | None:
+    if path is None:
+        return None
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise RequestError(f"--from {path}: cannot read the spec ({err.strerror})") from None
+    try:
+        return DatasetSpec.from_yaml(text)
+    except ValueError as err:
+        raise RequestError(f"--from {path}: {err}") from None
 
 
 # -- helpers --------------------------------------------------------------------------------
@@ -426,6 +600,7 @@ def _write(
         # Options are parsed (and refused) after --target and --source, in the order given.
         options = {k: v() if callable(v) else v for k, v in options.items()}
         runnable = on_scheduler(flow, scheduler_address)
+        wait_for_temporary_api()
         with _progress_bar(), quiet_console():
             result: WriteResult = runnable(
                 target=parsed_target,
@@ -557,10 +732,12 @@ def _print_result(result: WriteResult, dry_run: bool) -> None:
     if result.snapshot_id is None:
         console.print(f"Nothing to write: branch {result.branch} already holds the source's data.")
         return
+    # soft_wrap: one line, never broken mid-sentence at 80 columns when piped or logged
     console.print(
         f"Committed [bold]{result.snapshot_id}[/bold] to branch {result.branch}: {result.mode} "
         f"of {result.group or 'the root group'}, {len(result.variables)} variables, "
-        f"{result.chunks_written} chunks, {human_bytes(result.bytes_written)}."
+        f"{result.chunks_written} chunks, {human_bytes(result.bytes_written)}.",
+        soft_wrap=True,
     )
 
 
@@ -587,6 +764,11 @@ def _log_block(snapshot: Any, width: int) -> list[str]:
         lines += _wrapped(" · ".join(size), width)
     if block.get("variables"):
         lines += _wrapped("variables: " + ", ".join(block["variables"]), width)
+    for gap in block.get("gaps") or []:
+        # labels an append left as fill values (on_gap="fill", late_data="hole")
+        lines += _wrapped(f"gap: {gap['first']} … {gap['last']} ({gap['count']} labels)", width)
+    if block.get("stopped_before"):
+        lines += _wrapped(f"stopped before the missing label {block['stopped_before']}", width)
     if not snapshot.message.startswith("icefloe: "):  # icefloe's own repeats the lines above
         lines += _wrapped(snapshot.message, width)
     return lines

@@ -29,6 +29,7 @@ runs too.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import os
 import select
 import signal
@@ -44,8 +45,10 @@ __all__ = ["CANCEL_GRACE_SECONDS", "CANCEL_POLL_SECONDS", "LIFELINE_ENV", "ensur
 LIFELINE_ENV = "ICEFLOE_LIFELINE"
 POLL_SECONDS = 0.5
 GRACE_SECONDS = 3.0
-# How often a directly called run asks the API whether it was cancelled: one small GET.
-CANCEL_POLL_SECONDS = 1.0
+# How often a directly called run asks the API whether it was cancelled: one small GET,
+# which the server answers from its database (once a second, as many requests as all of
+# a bulk write's other ones together).
+CANCEL_POLL_SECONDS = 2.0
 # As a runner does: a cancelled process still running this long after its SIGTERM is
 # killed (closing a busy LocalCluster alone waits 4 s, and exiting the interpreter drains
 # Prefect's queues and stops its temporary server); the watchdog cleans up after it.
@@ -111,9 +114,17 @@ def _arm_stop_deadline() -> None:
     context = FlowRunContext.get()
     run_id = context.flow_run.id if context is not None and context.flow_run else None
 
+    # Threads start with an empty context: without a copy of this one, their Prefect client
+    # would not see settings made in it (a temporary_settings block, a test harness) and
+    # would start a temporary server of its own.
+    context_copy = contextvars.copy_context()
+
     def stop(signum: int, frame: object) -> None:
         threading.Thread(
-            target=_kill_after_grace, args=(run_id,), name="icefloe-stop", daemon=True
+            target=context_copy.run,
+            args=(_kill_after_grace, run_id),
+            name="icefloe-stop",
+            daemon=True,
         ).start()
         current(signum, frame)  # type: ignore[arg-type]
 
@@ -125,7 +136,9 @@ def _kill_after_grace(run_id: object) -> None:
     time.sleep(CANCEL_GRACE_SECONDS)
     if run_id is not None:
         # the outcome the engine had no time to record; at most 2 s more
-        recorder = threading.Thread(target=_record_crash, args=(run_id,), daemon=True)
+        recorder = threading.Thread(
+            target=contextvars.copy_context().run, args=(_record_crash, run_id), daemon=True
+        )
         recorder.start()
         recorder.join(2.0)
     os.kill(os.getpid(), signal.SIGKILL)
@@ -160,8 +173,12 @@ def _watch_cancellation() -> None:
         if str(run_id) in _watched_runs:
             return
         _watched_runs.add(str(run_id))
+    # in a copy of this context: the thread's Prefect client must see this run's settings
     threading.Thread(
-        target=_cancel_when_cancelling, args=(run_id,), name="icefloe-cancel-watch", daemon=True
+        target=contextvars.copy_context().run,
+        args=(_cancel_when_cancelling, run_id),
+        name="icefloe-cancel-watch",
+        daemon=True,
     ).start()
 
 

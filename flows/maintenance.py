@@ -34,6 +34,7 @@ from prefect.client.schemas.sorting import FlowRunSort
 from prefect.logging import get_run_logger
 from pydantic import BaseModel
 
+from flows import heartbeats
 from flows.credentials import load_credentials
 from flows.lifeline import ensure_lifeline
 from flows.metadata import current_run
@@ -44,6 +45,9 @@ from flows.targets import Target, safe_url
 from tasks.errors import PlanError
 from tasks.maintenance import DEFAULT_MARGIN, check_cutoff, expire_and_collect
 from tasks.plan import human_bytes
+
+# synchronous flow runs end without waiting out their heartbeat thread's sleep
+heartbeats.install()
 
 __all__ = ["FLOW_NAME_PREFIX", "MaintenanceResult", "maintenance_flow", "oldest_open_run"]
 

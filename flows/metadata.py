@@ -8,6 +8,7 @@ source kwargs may hold secrets, and a secret committed to a repository stays in 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 from collections.abc import Iterator, Mapping
@@ -39,15 +40,38 @@ class RunInfo:
 
 
 def current_run() -> RunInfo:
-    """The flow run this code runs in, from Prefect's runtime context."""
-    from prefect.runtime import deployment, flow_run
+    """The flow run this code runs in, from Prefect's run context.
 
-    run_id = flow_run.id
+    Read from the flow run the context holds: ``prefect.runtime.deployment`` asks the API
+    for the flow run each time to learn that a direct run has no deployment (a round trip
+    on every write). Outside a flow run's context (a task on a worker), prefect.runtime."""
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.flow_run is None:
+        from prefect.runtime import deployment, flow_run
+
+        run_id = flow_run.id
+        return RunInfo(
+            flow_run_id=str(run_id) if run_id else None,
+            flow_run_name=flow_run.name if run_id else None,
+            deployment=deployment.name if deployment.id else None,
+        )
+    run = context.flow_run
+    deployment_id = run.deployment_id
     return RunInfo(
-        flow_run_id=str(run_id) if run_id else None,
-        flow_run_name=flow_run.name if run_id else None,
-        deployment=deployment.name if deployment.id else None,
+        flow_run_id=str(run.id),
+        flow_run_name=run.name,
+        deployment=_deployment_name(str(deployment_id)) if deployment_id else None,
     )
+
+
+@functools.lru_cache(maxsize=64)
+def _deployment_name(deployment_id: str) -> str:
+    from prefect.runtime import deployment
+
+    name: str = deployment.name  # the run's own deployment, read once per deployment
+    return name
 
 
 def package_version() -> str:
@@ -92,6 +116,13 @@ def commit_metadata(
         block["label_range"] = list(plan.label_range)
     if plan.region is not None:
         block["region"] = {dim: [start, stop] for dim, (start, stop) in plan.region.items()}
+    if plan.gaps:
+        # labels an append (on_gap="fill") wrote as fill values: docs/spec.md
+        block["gaps"] = [
+            {"first": first, "last": last, "count": count} for first, last, count in plan.gaps
+        ]
+    if plan.stopped_at is not None:
+        block["stopped_before"] = plan.stopped_at
     return block
 
 

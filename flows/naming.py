@@ -14,7 +14,7 @@ import re
 from collections.abc import Mapping
 from typing import Any
 
-__all__ = ["archive_name", "artifact_key", "run_name", "tag_run", "where"]
+__all__ = ["archive_name", "archive_resource_id", "artifact_key", "run_name", "tag_run", "where"]
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,7 @@ _VERBS = {
     "icefloe-backfill": "backfill",
     "icefloe-scheduled-append": "append",
     "icefloe-maintenance": "maintenance",
+    "icefloe-validate": "validate",
 }
 
 
@@ -39,6 +40,15 @@ def _field(value: Any, name: str) -> Any:
 def archive_name(repo: str) -> str:
     """The last part of a repository path or URL: ``s3://b/x/era5.icechunk`` → era5.icechunk."""
     return repo.rstrip("/").rsplit("/", 1)[-1] or repo
+
+
+def archive_resource_id(target: Any) -> str:
+    """The event resource id of ``target``'s archive: ``icefloe.archive.era5`` for
+    ``s3://bucket/era5.icechunk``. Events about one archive (a backfill request, a
+    validation) name it, so that an automation acts on that archive only, never on every
+    archive served on the same Prefect server."""
+    name = archive_name(str(_field(target, "repo") or "?")).removesuffix(".icechunk")
+    return f"icefloe.archive.{re.sub(r'[^A-Za-z0-9_.-]+', '-', name)}"
 
 
 def where(target: Any, group: str | None) -> str:

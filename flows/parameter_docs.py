@@ -28,6 +28,11 @@ SHARED = {
     "on_overlap": 'What to do with labels the group already holds: "error" refuses the run, '
     '"skip" writes only new labels (re-runs are no-ops), "overwrite" rewrites them and '
     "appends the rest.",
+    "on_gap": 'What to do when the labels skip labels of the group\'s step: "error" refuses '
+    'the run, "stop" appends only the labels before the first missing one, "fill" writes '
+    "the missing ones as fill values and records the gap in the commit.",
+    "update_spec": "Let this modify change the structure the group's spec declares (dtype, "
+    "dims, chunks, units, time encoding); the spec is updated in the same commit.",
 }
 
 

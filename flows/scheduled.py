@@ -4,12 +4,23 @@ A scheduled append asks the source for every label after the last stored one up 
 scheduled time, so a late run, a repeated run and the runs missed while the service was
 down all end in the same state: labels already stored are skipped (``on_overlap="skip"``),
 and a run with nothing new makes no commit.
+
+Late data (docs/spec.md): when the source lacks a label on the group's step but has later
+ones (a file that has not arrived), ``late_data="wait"`` (the default) appends only up to
+the missing label, and the next run, which asks again from the last stored label, appends
+it once it is there: the archive never publishes a gap. ``late_data="hole"`` appends
+everything there is, writes the missing labels as fill values and records them as a gap in
+the commit, for a backfill to fill later.
+
+After its commit the run publishes the coverage (read from the commit's record: O(gaps),
+tasks/coverage.py) and runs the validate flow as a subflow (flows/validate.py), which
+requests a backfill for each gap.
 """
 
 from __future__ import annotations
 
 import datetime as dt
-from typing import Annotated
+from typing import Annotated, Literal
 
 import icechunk
 import pandas as pd
@@ -26,14 +37,22 @@ from flows.results import WriteResult
 from flows.sources import Source, SourceModel, SyntheticSource
 from flows.sources.synthetic import SYNTHETIC_VARIABLES
 from flows.targets import Target
-from flows.write import RunOptions, append_flow
+from flows.validate import announce_refused_append, validate_flow
+from flows.write import RunOptions, WriteRun, run_write
 from tasks.cluster import task_runner
 from tasks.coverage import coverage
-from tasks.errors import TargetNotFoundError
+from tasks.errors import RequestError, TargetNotFoundError, is_refusal
 from tasks.plan import human_bytes
+from tasks.request import OnGap, WriteRequest
 from tasks.stored import StoredGroup, normalize_group
 
-__all__ = ["first_run_preview", "last_label", "scheduled_append_flow"]
+__all__ = ["LATE_DATA", "LateData", "first_run_preview", "last_label", "scheduled_append_flow"]
+
+LateData = Literal["wait", "hole"]
+"""What a scheduled append does when a label on the step is missing but later ones are there."""
+
+LATE_DATA: dict[LateData, OnGap] = {"wait": "stop", "hole": "fill"}
+"""The append's ``on_gap`` for each late-data policy."""
 
 
 def last_label(
@@ -98,6 +117,17 @@ def first_run_preview(
         "Where the first run begins while the target holds nothing yet; empty for the "
         "source's first label (the synthetic source's is 2020-01-01: years of data)."
     ),
+    late_data=(
+        "When a label on the group's step is missing but later ones are there (a file that "
+        'has not arrived): "wait" appends up to the missing label and the next run retries '
+        'from there, so the archive never has a gap; "hole" appends everything, writes the '
+        "missing labels as fill values and records the gap in the commit (a backfill fills "
+        "it later)."
+    ),
+    validation=(
+        "Validate the archive after the append (freshness, NaN fraction, gaps, structure) and "
+        "request a backfill for each gap: the validate flow, run as part of this run."
+    ),
 )
 def scheduled_append_flow(
     target: Target,
@@ -107,6 +137,8 @@ def scheduled_append_flow(
     scheduled_time: Annotated[dt.datetime | None, FORM] = None,
     scheduler_address: Annotated[str | None, FORM] = None,
     start: Annotated[dt.datetime | None, FORM] = None,
+    late_data: LateData = "wait",
+    validation: bool = True,
 ) -> WriteResult:
     """Append the source's labels after the last stored one up to the scheduled time,
     catching up runs that were missed; a run with nothing new makes no commit."""
@@ -122,27 +154,55 @@ def scheduled_append_flow(
     except TargetNotFoundError:
         after = None  # a first run creates the repository and the group from the source's start
     if after is None:
+        if start is None and source.needs_window_start:
+            raise RequestError(
+                f"the first scheduled run into an empty target cannot tell where "
+                f"{source.describe()} begins (its paths are named by the window start): give "
+                "the first label to write as start (icefloe serve --start 2024-01-01)"
+            )
         logger.info("scheduled append: %s", first_run_preview(source, until, start))
         after = None if start is None else _as_naive_utc(start)
     else:
         logger.info("scheduled append: labels after %s up to %s", after, until)
-    result = append_flow(
-        target,
-        source,
-        append_dim=append_dim,
-        group=group,
-        on_overlap="skip",
-        scheduler_address=scheduler_address,
-        options=RunOptions(),
-        window_start=after,
-        window_end=until + pd.Timedelta(1, "ns"),
-        # the documented first run: an empty target gets the repository and the group
-        create_missing=True,
-    )
+    # run_write itself, not append_flow as a subflow: a subflow is one more flow run to
+    # create and finish, and a synchronous one waits for its heartbeat thread at exit, all
+    # inside this run's time (a run with nothing new took about a second more).
+    try:
+        result = run_write(
+            WriteRun(
+                target,
+                source,
+                WriteRequest(
+                    mode="append",
+                    group=group,
+                    append_dim=append_dim,
+                    on_overlap="skip",
+                    on_gap=LATE_DATA[late_data],
+                ),
+                scheduler_address=scheduler_address,
+                options=RunOptions(),
+                window=(after, until + pd.Timedelta(1, "ns")),
+                # the documented first run: an empty target gets the repository and the group
+                create_repository=True,
+            )
+        )
+    except Exception as err:
+        if validation and is_refusal(err):
+            # a source that drifted from the spec (a dtype, a unit) is refused with the
+            # branch unchanged: say so where users' automations listen
+            announce_refused_append(target, normalize_group(group), err)
+        raise
     repo = target.open_repository(credentials=load_credentials(target))
     publish_coverage(
-        coverage(repo.readonly_session(branch=target.branch), normalize_group(group), append_dim),
+        coverage(repo, normalize_group(group), append_dim, branch=target.branch),
         f"scheduled append of {target.describe()} at {until}",
         target,
     )
+    if validation:
+        # A subflow, not an event-triggered deployment: it validates exactly the commit this
+        # run made, shows as this run's child, and needs no automation service to run; the
+        # append's own outcome stands whatever validation finds or fails on.
+        state = validate_flow(target, group=group, append_dim=append_dim, return_state=True)
+        if not state.is_completed():
+            logger.warning("validation after the append did not complete: %s", state.message)
     return result

@@ -3,7 +3,8 @@
 Each flow only chooses the writer's mode; ``_write`` is the process they share:
 
     open target → open source → plan → write_metadata → write_eager → verify
-    → write_lazy (batches) → commit → summary
+    → write_lazy (batches) → commit (with its coverage record) → materialize (lineage:
+    flows/lineage.py) → summary
 
 Nothing is visible on the branch before the commit: the phases work in a fork of the
 branch tip, persisted under the run's key, so a killed run re-run with the same key
@@ -35,9 +36,11 @@ from prefect.context import FlowRunContext
 from prefect.logging import get_run_logger
 from pydantic import BaseModel, ConfigDict, Field
 
+from flows import heartbeats
 from flows.credentials import load_credentials
 from flows.forms import FORM, Tabs, form_properties
 from flows.lifeline import ensure_lifeline
+from flows.lineage import materialize_commit
 from flows.locks import serialized
 from flows.metadata import commit_metadata, current_run, parameters_digest
 from flows.naming import artifact_key, run_name, tag_run
@@ -50,13 +53,17 @@ from tasks import phases
 from tasks.audit import AuditRules, audit_snapshot
 from tasks.cluster import check_scheduler, task_runner
 from tasks.cluster import scheduler_address as resolve_scheduler_address
+from tasks.coverage import CoverageChange
 from tasks.errors import CommitConflictError, GroupNotFoundError, TargetError, TargetNotFoundError
 from tasks.manifests import SplitRule, record_split_rule, with_split_rule
 from tasks.plan import WritePlan, human_bytes
 from tasks.publish import Audit
-from tasks.request import OnOverlap, RegionSpec, WriteMode, WriteRequest
+from tasks.request import OnGap, OnOverlap, RegionSpec, WriteMode, WriteRequest
 from tasks.stored import StoredGroup
 from tasks.writer import XarrayDatasetWriter
+
+# synchronous flow runs end without waiting out their heartbeat thread's sleep
+heartbeats.install()
 
 __all__ = [
     "RegionParameter",
@@ -169,11 +176,16 @@ def modify_flow(
     dry_run: bool = False,
     scheduler_address: Annotated[str | None, FORM] = None,
     options: Annotated[RunOptions | None, FORM] = None,
+    update_spec: bool = False,
 ) -> WriteResult:
     """Add the source's variables to the group and overwrite the ones it has; attributes
     are merged."""
     request = WriteRequest(
-        mode="modify", group=group, encoding=encoding, only_new_vars=only_new_vars
+        mode="modify",
+        group=group,
+        encoding=encoding,
+        only_new_vars=only_new_vars,
+        update_spec=update_spec,
     )
     return run_write(WriteRun(target, source, request, dry_run, scheduler_address, options))
 
@@ -201,13 +213,20 @@ def append_flow(
     window_start: Annotated[dt.datetime | None, FORM] = None,
     window_end: Annotated[dt.datetime | None, FORM] = None,
     create_missing: bool = False,
+    on_gap: OnGap = "error",
 ) -> WriteResult:
     """Extend the group along ``append_dim`` with the source's labels.
 
     A missing repository or group is an error (a mistyped target must not start a second
     archive) unless ``create_missing``, which the scheduled deployment sets so that its
     first run creates them from the source."""
-    request = WriteRequest(mode="append", group=group, append_dim=append_dim, on_overlap=on_overlap)
+    request = WriteRequest(
+        mode="append",
+        group=group,
+        append_dim=append_dim,
+        on_overlap=on_overlap,
+        on_gap=on_gap,
+    )
     return run_write(
         WriteRun(
             target,
@@ -254,6 +273,10 @@ def region_flow(
     ),
     region='region only: "auto" (placed by labels) or per dimension [start, stop).',
     only_new_vars="modify only: write just the variables the group lacks.",
+    on_gap='append only: labels that skip labels of the group\'s step are refused ("error"), '
+    'appended up to the first missing one ("stop"), or written with the gap as fill values '
+    '("fill").',
+    update_spec="modify only: let it change the structure the group's spec declares.",
 )
 def write_flow(
     target: Target,
@@ -268,6 +291,8 @@ def write_flow(
     dry_run: bool = False,
     scheduler_address: Annotated[str | None, FORM] = None,
     options: Annotated[RunOptions | None, FORM] = None,
+    on_gap: OnGap = "error",
+    update_spec: bool = False,
 ) -> WriteResult:
     """Any write, chosen by ``mode``, with its options: the form behind ad-hoc UI runs.
 
@@ -277,8 +302,10 @@ def write_flow(
         group=group,
         encoding=encoding if mode in ("create", "overwrite", "modify") else None,
         only_new_vars=only_new_vars and mode == "modify",
+        update_spec=update_spec and mode == "modify",
         append_dim=append_dim if mode == "append" else None,
         on_overlap=on_overlap if mode == "append" else "error",
+        on_gap=on_gap if mode == "append" else "error",
         region=as_region_spec(region) if mode == "region" else None,
     )
     return run_write(
@@ -418,8 +445,29 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
             _publish_plan(plan, run)
             return _result(run, plan, snapshot_id=None, skipped=False)
         if plan.changes_nothing:
-            logger.info("nothing to write: the group already holds what the source has")
+            if plan.stopped_at is not None:
+                logger.info(
+                    "nothing to write yet: the source lacks the next label %s (on_gap='stop'); "
+                    "a later run appends from there",
+                    plan.stopped_at,
+                )
+            else:
+                logger.info("nothing to write: the group already holds what the source has")
             return _result(run, plan, snapshot_id=None, skipped=True)
+        if plan.stopped_at is not None:
+            logger.info(
+                "stopping before the missing label %s (on_gap='stop'): the labels after it wait "
+                "for a later run",
+                plan.stopped_at,
+            )
+        for first, last, count in plan.gaps:
+            logger.info(
+                "leaving a gap (on_gap='fill'): %s … %s (%d labels) written as fill values and "
+                "recorded in the commit",
+                first,
+                last,
+                count,
+            )
         # An overwrite deletes the group, and forks that each carry that deletion cannot be
         # merged: it works in the session itself and cannot resume (docs/stack-facts.md).
         workspace = session if overwrite else session.fork()
@@ -445,7 +493,8 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
             _message(plan),
             metadata,
             staging_branch=staging,
-            audit=_audit(repo, plan, dataset, run) if staging else None,
+            audit=_audit(repo, plan, writer.written_dataset, run) if staging else None,
+            coverage=CoverageChange.of(plan),
             base_session=session if workspace is not session else None,
         )
     except BaseException:
@@ -454,6 +503,8 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
         if not session.read_only:
             session.discard_changes()
         raise
+    # lineage: the commit as a materialization of the group's asset, the source upstream
+    materialize_commit(run.target, run.source, plan.group, snapshot_id, metadata)
     if run.own_run:
         _publish_summary(plan, run, metadata, snapshot_id, lazy, time.perf_counter() - started)
     return _result(run, plan, snapshot_id=snapshot_id, skipped=False)

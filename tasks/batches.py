@@ -5,6 +5,11 @@ chunk boundaries of every array it writes, so no chunk belongs to two batches. E
 batch is written into its own copy of the run's fork and returns the changes as a
 ForkSession: a few KB that can be persisted, sent between processes and merged.
 
+A batch can be started ahead (``StartedBatch``): its dask graph is built and submitted from
+a thread of its own while the batch before it is still computing, so that the cluster never
+waits at a batch boundary (the tail of one batch, the gathering and merging of its forks, and
+the building of the next graph all overlap with work). ``write_batch`` then takes its result.
+
 A batch fork must be merged only into a session that descends from the very fork it
 was copied from. Merged into a session whose arrays were re-created (even
 identically), icechunk keeps the new, empty arrays and drops the batch's chunks
@@ -14,8 +19,11 @@ resume rather than preparing again.
 
 from __future__ import annotations
 
+import concurrent.futures
+import contextvars
 import math
 import pickle
+import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -109,12 +117,32 @@ def _batch(
     return LazyBatch(index, group, dim, start, stop, tuple(writes), n_chunks)
 
 
-def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = None) -> ForkSession:
+def write_batch(
+    fork: ForkSession,
+    batch: LazyBatch,
+    split_every: int | None = None,
+    started: StartedBatch | None = None,
+) -> ForkSession:
     """Write one batch into a copy of ``fork`` on the current dask scheduler.
 
     Returns the merged changes of the dask workers, which include the fork's own
     (metadata and eager values), so any set of batch results merges into one session.
+    ``started``: the same batch started ahead from the same fork; its result is returned
+    (or its error raised) instead of writing the batch again.
     """
+    if started is not None:
+        if _window(started.batch) != _window(batch):
+            raise ValueError(f"batch {started.batch.index} was started ahead, not {batch.index}")
+        return started.result()
+    return _write_copy(fork, batch, split_every)
+
+
+def _write_copy(
+    fork: ForkSession,
+    batch: LazyBatch,
+    split_every: int | None,
+    cancelled: threading.Event | None = None,
+) -> ForkSession:
     copy: ForkSession = pickle.loads(pickle.dumps(fork))
     if not batch.writes:
         return copy
@@ -124,12 +152,64 @@ def write_batch(fork: ForkSession, batch: LazyBatch, split_every: int | None = N
         zarr.open_array(copy.store, path=array_path(batch.group, w.name), mode="r+")
         for w in batch.writes
     ]
+    if cancelled is not None and cancelled.is_set():
+        raise CancelledBatchError(f"batch {batch.index} was dropped before it computed")
     return icechunk.dask.store_dask(
         sources=sources,
         targets=targets,
         regions=[w.region for w in batch.writes],
         split_every=split_every,
     )
+
+
+class CancelledBatchError(RuntimeError):
+    """A batch started ahead was dropped before its computation began."""
+
+
+def _window(batch: LazyBatch) -> tuple[int, str | None, int, int]:
+    return batch.index, batch.dim, batch.start, batch.stop
+
+
+class StartedBatch:
+    """One batch writing in a thread of its own, started ahead of its turn.
+
+    The thread runs in a copy of the starting thread's context, so its computation goes to
+    the same dask scheduler (``tasks.progress.counting_scheduler`` routes by context). Its
+    result is taken once, by ``write_batch``; a batch nobody takes is simply dropped (its
+    chunks are never merged into anything, so they are never published).
+    """
+
+    def __init__(self, fork: ForkSession, batch: LazyBatch, split_every: int | None = None):
+        self.batch = batch
+        self._cancelled = threading.Event()
+        self._future: concurrent.futures.Future[ForkSession] = concurrent.futures.Future()
+        context = contextvars.copy_context()
+        self._thread = threading.Thread(
+            target=context.run,
+            args=(self._run, fork, split_every),
+            name=f"icefloe-batch-{batch.index}",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _run(self, fork: ForkSession, split_every: int | None) -> None:
+        try:
+            result = _write_copy(fork, self.batch, split_every, self._cancelled)
+        except BaseException as err:  # handed to whoever takes the result
+            self._future.set_exception(err)
+        else:
+            self._future.set_result(result)
+
+    def cancel(self) -> None:
+        """Nobody will take the result: do not start computing (a computation already
+        running finishes on its own, and its result is dropped)."""
+        self._cancelled.set()
+
+    def result(self, timeout: float | None = None) -> ForkSession:
+        return self._future.result(timeout)
+
+    def done(self) -> bool:
+        return self._future.done()
 
 
 def _lazy_encoded(write: ArrayWrite, encoding: dict[str, Any]) -> da.Array:

@@ -2,8 +2,12 @@
 
 By default each flow run gets a LocalCluster of worker processes sized to the machine,
 created by prefect-dask only when the run first needs it (a dry run or an idempotent
-re-run starts none). A scheduler address, from the ``ICEFLOE_SCHEDULER_ADDRESS``
-environment variable or given explicitly, points the run at a running cluster instead.
+re-run starts none). A lazy write smaller than ``threads_below_bytes()`` (64 MiB unless
+``ICEFLOE_THREADS_BELOW_BYTES`` says otherwise) starts none either: it runs on the flow
+process's threads, because starting and stopping a LocalCluster takes seconds, far longer
+than writing a few megabytes. A scheduler address, from the ``ICEFLOE_SCHEDULER_ADDRESS``
+environment variable or given explicitly, points the run at a running cluster instead, and
+is then used whatever the size.
 ``dask_client`` hands write_lazy the client of whichever applies; how work is routed to
 that client thread by thread is ``tasks.progress.counting_scheduler``.
 
@@ -13,6 +17,7 @@ imports it.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -28,21 +33,66 @@ from tasks.errors import TargetUnreachableError
 __all__ = [
     "MAX_LOCAL_WORKERS",
     "SCHEDULER_ADDRESS_ENV",
+    "THREADS_BELOW_BYTES",
+    "THREADS_BELOW_ENV",
     "check_scheduler",
     "dask_client",
     "on_scheduler",
     "scheduler_address",
     "task_runner",
+    "threads_below_bytes",
 ]
 
 SCHEDULER_ADDRESS_ENV = "ICEFLOE_SCHEDULER_ADDRESS"
 # More worker processes than this mostly add memory pressure and start-up time on one host.
 MAX_LOCAL_WORKERS = 8
+THREADS_BELOW_ENV = "ICEFLOE_THREADS_BELOW_BYTES"
+# A LocalCluster takes 2-5 s to start and 1-2 s to stop on a small machine; the threaded
+# scheduler writes 64 MiB in well under a second.
+THREADS_BELOW_BYTES = 64 * 2**20
+
+
+class _QuietWorkerShutdown(logging.Filter):
+    """Drops the nanny's "Worker process still alive after 4.0 seconds, killing" while
+    dask's own messages are turned down (the CLI and served runs turn them down; --verbose
+    or ``DASK_LOGGING__DISTRIBUTED=info`` turns them back on).
+
+    It comes when a LocalCluster closes after the run, on a busy machine: the worker had
+    finished, the run's data was already committed, and the nanny ends the slow process as
+    it should. Noise by design, not a warning a user can act on.
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if logging.getLogger("distributed").getEffectiveLevel() <= logging.INFO:
+            return True
+        return not str(record.msg).startswith("Worker process still alive after")
+
+
+logging.getLogger("distributed.nanny").addFilter(_QuietWorkerShutdown())
 
 
 def scheduler_address(explicit: str | None = None) -> str | None:
     """The scheduler to use: ``explicit``, else ``$ICEFLOE_SCHEDULER_ADDRESS``, else None."""
     return explicit or os.environ.get(SCHEDULER_ADDRESS_ENV) or None
+
+
+def threads_below_bytes() -> int:
+    """Lazy writes smaller than this run on the flow process's threads rather than on a new
+    LocalCluster: ``$ICEFLOE_THREADS_BELOW_BYTES`` (0 always starts the cluster), else
+    THREADS_BELOW_BYTES."""
+    raw = os.environ.get(THREADS_BELOW_ENV, "").strip()
+    if not raw:
+        return THREADS_BELOW_BYTES
+    try:
+        value = int(raw)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise ValueError(
+            f"{THREADS_BELOW_ENV}={raw!r} is not a byte count: set it to a whole number such as "
+            f"{THREADS_BELOW_BYTES} (0 runs every lazy write on the cluster), or unset it"
+        )
+    return value
 
 
 def task_runner(address: str | None = None) -> DaskTaskRunner:
@@ -87,7 +137,15 @@ def check_scheduler(address: str | None, timeout: float = 10.0) -> None:
 
 
 @contextmanager
-def dask_client(scheduler_address: str | None) -> Iterator[Client | None]:
+def dask_client(
+    scheduler_address: str | None, lazy_bytes: int | None = None
+) -> Iterator[Client | None]:
+    """The client a lazy write of ``lazy_bytes`` computes on; None means this process's threads.
+
+    In order: a scheduler at ``scheduler_address`` (unless the flow's DaskTaskRunner already
+    is that one); the flow's DaskTaskRunner, unless it would have to start a LocalCluster for
+    a write smaller than ``threads_below_bytes()``; else threads.
+    """
     runner = _flow_task_runner()
     if scheduler_address and not (
         isinstance(runner, DaskTaskRunner) and runner.address == scheduler_address
@@ -96,7 +154,9 @@ def dask_client(scheduler_address: str | None) -> Iterator[Client | None]:
         # deployment): connect to it for this write only.
         with Client(scheduler_address, set_as_default=False) as client:
             yield client
-    elif isinstance(runner, DaskTaskRunner):
+    elif isinstance(runner, DaskTaskRunner) and not (
+        runner.address is None and lazy_bytes is not None and lazy_bytes < threads_below_bytes()
+    ):
         # Called in the flow process, dask would use threads; the runner's client (created
         # on first access, so flows that never write lazily start no cluster) is the cluster.
         yield runner.client

@@ -4,7 +4,8 @@ icechunk's own rebase loop retries immediately; several runs finishing together
 would then hammer the branch ref in lockstep. Here each try rebases once and waits
 a jittered, growing delay before the next, and a genuine conflict (two runs wrote
 the same chunk or changed the same metadata) is reported with the paths and chunks,
-never resolved by letting the last writer win.
+never resolved by letting the last writer win. Metadata that depends on the parent
+(the coverage record, tasks/coverage.py) is computed again after each rebase.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ import fcntl
 import logging
 import random
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
@@ -38,10 +39,15 @@ def describe_conflicts(error: icechunk.RebaseFailedError) -> tuple[list[str], bo
     return described, overlapping
 
 
+Metadata = Mapping[str, Any] | Callable[[icechunk.Session], Mapping[str, Any]]
+"""A commit's metadata, or what computes it from the session about to commit (its parent
+is then the real one: computed again after every rebase)."""
+
+
 def commit_session(
     session: icechunk.Session,
     message: str,
-    metadata: dict[str, Any] | None = None,
+    metadata: Metadata | None = None,
     *,
     patience: float = 600.0,
     base_delay: float = 0.05,
@@ -60,10 +66,22 @@ def commit_session(
     attempt = 0
     while True:
         attempt += 1
+        described = metadata(session) if callable(metadata) else metadata
         try:
-            return session.commit(
-                message, metadata=metadata, rebase_with=icechunk.ConflictDetector(), rebase_tries=1
-            )
+            return session.commit(message, metadata=dict(described or {}))
+        except icechunk.ConflictError as err:
+            if time.monotonic() >= deadline:
+                raise CommitConflictError(
+                    f"branch {branch!r} kept moving for {patience:.0f} s ({attempt} commit "
+                    "attempts); nothing was published — retry later or serialize the writers",
+                    overlapping=False,
+                ) from err
+        if attempt > 1:  # the first rebase is the expected one: the branch had moved before
+            delay = backoff(attempt, base_delay, max_delay)
+            log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)
+            time.sleep(delay)
+        try:
+            session.rebase(icechunk.ConflictDetector())
         except icechunk.RebaseFailedError as err:
             conflicts, overlapping = describe_conflicts(err)
             raise CommitConflictError(
@@ -73,16 +91,12 @@ def commit_session(
                 conflicts=conflicts,
                 overlapping=overlapping or not conflicts,
             ) from err
-        except icechunk.ConflictError as err:
-            if time.monotonic() >= deadline:
-                raise CommitConflictError(
-                    f"branch {branch!r} kept moving for {patience:.0f} s ({attempt} commit "
-                    "attempts); nothing was published — retry later or serialize the writers",
-                    overlapping=False,
-                ) from err
-            delay = min(max_delay, base_delay * 2 ** min(attempt, 16)) * random.uniform(0.5, 1.5)
-            log.info("branch %r moved; rebasing again in %.2f s (try %d)", branch, delay, attempt)
-            time.sleep(delay)
+
+
+def backoff(attempt: int, base_delay: float = 0.05, max_delay: float = 5.0) -> float:
+    """A jittered, growing wait before try ``attempt + 1``: writers that lost a race to the
+    same branch tip spread out instead of racing again in lockstep."""
+    return float(min(max_delay, base_delay * 2 ** min(attempt, 16)) * random.uniform(0.5, 1.5))
 
 
 @contextmanager

@@ -34,9 +34,10 @@ from prefect.context import FlowRunContext, TaskRunContext
 from prefect.logging import get_run_logger
 
 from tasks import batches
-from tasks.batches import LazyBatch
+from tasks.batches import LazyBatch, StartedBatch
 from tasks.cluster import dask_client
 from tasks.commit import commit_lock, commit_session
+from tasks.coverage import RECORD_KEY, CoverageChange, coverage_record
 from tasks.errors import IcefloeError
 from tasks.plan import WritePlan
 from tasks.progress import TaskCount, counting_scheduler, progress_hooks, scheduler_of
@@ -44,6 +45,7 @@ from tasks.publish import Audit, publish, publish_staged_snapshot
 from tasks.writer import XarrayDatasetWriter, batch_summary
 
 __all__ = [
+    "BatchesAhead",
     "LazyWriteStats",
     "commit",
     "is_transient",
@@ -225,16 +227,66 @@ class LazyWriteStats:
     retry_condition_fn=retry_transient,
 )
 def write_lazy_batch(
-    workspace: Workspace, batch: LazyBatch, resume_key: str | None
+    workspace: Workspace,
+    batch: LazyBatch,
+    resume_key: str | None,
+    ahead: BatchesAhead | None = None,
 ) -> icechunk.session.ForkSession:
     """One chunk-aligned window of the lazy write, into its own copy of the workspace.
 
     Its ForkSession is persisted under the run's key as soon as it finishes: a killed
-    run's re-run gets it back instead of writing the window again.
+    run's re-run gets it back instead of writing the window again. With ``ahead``, the next
+    batch starts computing now, while this one finishes (a batch resumed from an earlier
+    run never gets here, so nothing already persisted is started again).
     """
-    fork = workspace if isinstance(workspace, icechunk.session.ForkSession) else workspace.fork()
+    fork = _fork_of(workspace)
     _logger().info("write_lazy: %s", batch_summary(batch))
-    return batches.write_batch(fork, batch)
+    started = ahead.take(batch) if ahead is not None else None
+    if ahead is not None:
+        ahead.start_next(batch)
+    return batches.write_batch(fork, batch, started=started)
+
+
+def _fork_of(workspace: Workspace) -> icechunk.session.ForkSession:
+    return workspace if isinstance(workspace, icechunk.session.ForkSession) else workspace.fork()
+
+
+class BatchesAhead:
+    """Starts batch k+1 as soon as batch k starts writing: the cluster works through the
+    boundary instead of waiting while batch k's forks are gathered and merged, its result
+    persisted, and batch k+1's graph built and submitted. At most two batches compute at
+    once, and the scheduler runs the older one's tasks first.
+
+    Persisted batches stay a prefix of the batches: batch k+1's task (which takes the
+    started computation's result, and persists it) still begins only after batch k's task
+    ended. A run killed meanwhile loses the started batch's chunks, which nothing refers to.
+    """
+
+    def __init__(self, workspace: Workspace, todo: list[LazyBatch]) -> None:
+        self._workspace = workspace
+        self._todo = todo
+        self._started: dict[int, StartedBatch] = {}
+        self._lock = threading.Lock()
+
+    def take(self, batch: LazyBatch) -> StartedBatch | None:
+        with self._lock:
+            return self._started.pop(batch.index, None)
+
+    def start_next(self, batch: LazyBatch) -> None:
+        position = next((i for i, b in enumerate(self._todo) if b.index == batch.index), None)
+        if position is None or position + 1 >= len(self._todo):
+            return
+        following = self._todo[position + 1]
+        with self._lock:
+            if following.index not in self._started:
+                self._started[following.index] = StartedBatch(_fork_of(self._workspace), following)
+
+    def drop(self) -> None:
+        """Forget started batches (the write failed): their results are never merged."""
+        with self._lock:
+            for started in self._started.values():
+                started.cancel()
+            self._started.clear()
 
 
 def write_lazy(
@@ -249,35 +301,44 @@ def write_lazy(
 
     The batch tasks are called from here, at the flow's level, not from inside another
     task: a task nested in a task persists its result only when the outer one finishes,
-    which a killed run never does. The cluster is, in order: a scheduler at
-    ``scheduler_address`` (unless the flow's DaskTaskRunner already is that one), the
-    flow's DaskTaskRunner, else threads. Progress (dask tasks and batches) goes to
-    Prefect progress artifacts, the log and the hooks of ``tasks.progress.watch_progress``.
+    which a killed run never does. The cluster is chosen by ``tasks.cluster.dask_client``
+    (a small write runs on this process's threads); on a cluster each batch starts the
+    next one ahead (``BatchesAhead``). Progress (dask tasks and batches) goes to Prefect
+    progress artifacts, the log and the hooks of ``tasks.progress.watch_progress``.
     """
     logger = _logger()
     prepared = writer.on_store(
         workspace.store, completed=["write_metadata", "write_eager", "verify"]
     )
     todo = prepared.lazy_batches(target_batches=target_batches)
+    lazy_bytes = sum(w.variable.nbytes for batch in todo for w in batch.writes)
     batch_task = persisted(write_lazy_batch, resume_key)
     count = TaskCount()
     started = time.perf_counter()
     forks: list[icechunk.session.ForkSession] = []
     resumed = 0
-    with dask_client(scheduler_address) as client:
+    with dask_client(scheduler_address, lazy_bytes) as client:
         where = "threads" if client is None else scheduler_of(client)
         logger.info("write_lazy: %d batches on %s", len(todo), where)
         batch_progress = _BatchProgress(len(todo))
+        # on threads, a second computation would only compete for the same cores
+        ahead = BatchesAhead(workspace, todo) if client is not None and len(todo) > 1 else None
         with _ProgressReporter(count, logger, report_every), counting_scheduler(client, count):
-            for number, batch in enumerate(todo, start=1):
-                named = batch_task.with_options(task_run_name=f"write_lazy {number}/{len(todo)}")
-                state = cast(
-                    "State[icechunk.session.ForkSession]",
-                    named(workspace, batch, resume_key, return_state=True),
-                )
-                resumed += state.name == "Cached"
-                forks.append(state.result())
-                batch_progress.advance(len(forks))
+            try:
+                for number, batch in enumerate(todo, start=1):
+                    named = batch_task.with_options(
+                        task_run_name=f"write_lazy {number}/{len(todo)}"
+                    )
+                    state = cast(
+                        "State[icechunk.session.ForkSession]",
+                        named(workspace, batch, resume_key, ahead, return_state=True),
+                    )
+                    resumed += state.name == "Cached"
+                    forks.append(state.result())
+                    batch_progress.advance(len(forks))
+            finally:
+                if ahead is not None:
+                    ahead.drop()
     seconds = time.perf_counter() - started
     done, _ = count.snapshot()
     logger.info(
@@ -314,7 +375,13 @@ class _ProgressReporter:
 
     Prefect API calls and hooks run here, never on the dask client's event loop. The thread
     runs in a copy of the task's context so that Prefect finds the run and its settings.
+    Hooks (a progress bar in this process) hear every ``every`` seconds; the progress
+    artifact, an API call that the Prefect server answers with a database write, at most
+    every ``ARTIFACT_SECONDS``: once a second it cost the server as much CPU as a tenth of
+    a worker during a bulk write on a small machine.
     """
+
+    ARTIFACT_SECONDS = 5.0
 
     def __init__(
         self,
@@ -329,6 +396,7 @@ class _ProgressReporter:
         self._last: tuple[int, int] | None = None
         self._logged_quarter = 0
         self._artifact: UUID | None = None
+        self._artifact_at = time.monotonic()
         self._thread: threading.Thread | None = None
 
     def __enter__(self) -> _ProgressReporter:
@@ -369,7 +437,11 @@ class _ProgressReporter:
 
     def _publish(self, done: int, total: int, final: bool) -> None:
         fraction = done / total if total else (1.0 if final else 0.0)
-        if self._artifact is not None:
+        now = time.monotonic()
+        if self._artifact is not None and (
+            final or now - self._artifact_at >= self.ARTIFACT_SECONDS
+        ):
+            self._artifact_at = now
             update_progress_artifact(self._artifact, progress=round(100 * fraction, 1))
         quarter = int(4 * fraction)
         if quarter > self._logged_quarter and not final:
@@ -401,9 +473,13 @@ def commit(
     metadata: Mapping[str, Any],
     staging_branch: str | None = None,
     audit: Audit | None = None,
+    coverage: CoverageChange | None = None,
     base_session: icechunk.Session | None = None,
 ) -> str:
     """Publish the run with one commit carrying ``metadata`` under ``icefloe``.
+
+    With ``coverage`` the block also records the coverage the commit leaves (what the
+    write changed, judged against the parent's record: tasks/coverage.py).
 
     A forked workspace and its batches are merged at the run's base and published
     (rebased when the branch moved, conflicts detected), by ``base_session`` (the run's
@@ -413,7 +489,13 @@ def commit(
     which is not retried.
     """
     logger = _logger()
-    block = {"icefloe": dict(metadata)}
+
+    def block(session: icechunk.Session) -> dict[str, Any]:
+        described = dict(metadata)
+        if coverage is not None:
+            described[RECORD_KEY] = coverage_record(repo, session, coverage)
+        return {"icefloe": described}
+
     with commit_lock(repo):
         if isinstance(workspace, icechunk.session.ForkSession):
             snapshot = publish(

@@ -4,12 +4,17 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
+import pandas as pd
 import xarray as xr
 
 from tasks.chunking import Region
 from tasks.request import WriteMode
+
+if TYPE_CHECKING:
+    from tasks.spec import DatasetSpec
+    from tasks.stored import StoredGroup
 
 ArrayAction = Literal[
     "create", "replace", "resize", "overwrite", "region", "fill", "skip", "delete"
@@ -47,6 +52,13 @@ class WritePlan:
     append_dim: str | None = None
     label_range: tuple[str, str] | None = None
     region: Mapping[str, tuple[int, int]] | None = None
+    # append: the positions along append_dim it writes, [first, stop) (overlapping labels
+    # rewritten by on_overlap="overwrite" included); what the coverage record re-judges
+    append_span: tuple[int, int] | None = None
+    # labels an append (on_gap="fill") leaves as fill values: (first, last, count) per run
+    gaps: tuple[tuple[str, str, int], ...] = ()
+    # the first missing label an append (on_gap="stop") stopped before; later labels wait
+    stopped_at: str | None = None
 
     @property
     def variables(self) -> list[str]:
@@ -115,6 +127,14 @@ class WritePlan:
                 lines.append("  ".join("-" * w for w in widths))
         if self.attrs_changed:
             lines.append("attributes set: " + ", ".join(self.attrs_changed))
+        for first, last, count in self.gaps:
+            counted = "1 label" if count == 1 else f"{count} labels"
+            lines.append(f"gap left as fill values: {first} … {last} ({counted})")
+        if self.stopped_at is not None:
+            lines.append(
+                f"stopped before the missing label {self.stopped_at}: later labels wait for "
+                "a run that finds it"
+            )
         totals = ", ".join(
             f"{phase} {self.chunks_in_phase(phase)} chunks / {human_bytes(self.bytes_in_phase(phase))}"
             for phase in ("metadata", "eager", "lazy")
@@ -144,6 +164,41 @@ class MetadataSteps:
     resize: dict[str, tuple[int, ...]] = field(default_factory=dict)
     group_attrs: dict[str, Any] = field(default_factory=dict)
     array_attrs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    spec: SpecUpdate | None = None
+
+
+@dataclass(frozen=True)
+class SpecUpdate:
+    """How write_metadata renews the group's spec once the arrays are in place.
+
+    The structure is read back from the group itself, so the spec says what was stored,
+    with xarray's own choices of dtype and time units. ``labels`` (a new group's labels)
+    give start and step, and then only ``base``'s operational bounds are kept; without
+    them ``base`` keeps its labels and bounds and takes the structure of ``refresh``
+    (None: every variable) from the group.
+    """
+
+    base: DatasetSpec | None
+    append_dim: str
+    labels: pd.Index | None = None
+    refresh: tuple[str, ...] | None = None
+
+    def apply(self, stored: StoredGroup) -> DatasetSpec:
+        from tasks.spec import DatasetSpec
+
+        labels = self.labels if self.labels is not None else pd.Index([])
+        found = DatasetSpec.from_group(stored, self.append_dim, labels)
+        if self.base is None:
+            return found
+        if self.labels is not None:
+            return found.with_bounds_of(self.base)
+        names = found.variables if self.refresh is None else self.refresh
+        variables = dict(self.base.variables)
+        variables.update({n: found.variables[n] for n in names if n in found.variables})
+        time_encoding = self.base.time_encoding
+        if self.refresh is None or self.append_dim in self.refresh:
+            time_encoding = found.time_encoding
+        return self.base.model_copy(update={"variables": variables, "time_encoding": time_encoding})
 
 
 def _shape(shape: tuple[int, ...]) -> str:

@@ -65,37 +65,46 @@ def progress_hooks() -> list[ProgressHook]:
 
 
 class TaskCount:
-    """Finished and total dask tasks, summed over the computations of one phase; thread-safe."""
+    """Finished and total dask tasks, summed over the computations of one phase; thread-safe.
+
+    Several computations may run at once (a lazy write starts its next batch before the
+    current one has finished): each counts in a slot of its own, opened by ``open``.
+    """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._closed_done = 0
         self._closed_total = 0
-        self._done = 0
-        self._total = 0
+        self._running: dict[int, tuple[int, int]] = {}
+        self._opened = 0
 
-    def update(self, done: int, total: int) -> None:
+    def open(self) -> int:
+        """A slot for one more computation; its counts start at zero."""
         with self._lock:
-            self._done, self._total = done, max(total, done)
+            self._opened += 1
+            self._running[self._opened] = (0, 0)
+            return self._opened
 
-    def close_computation(self) -> None:
-        """The current computation ended: keep its counts and start the next one from zero."""
+    def update(self, computation: int, done: int, total: int) -> None:
         with self._lock:
-            self._closed_done += self._done
-            self._closed_total += self._total
-            self._done = self._total = 0
+            if computation in self._running:
+                self._running[computation] = (done, max(total, done))
 
-    def complete_computation(self) -> None:
-        """The current computation succeeded: all of its tasks are done; start the next one
-        from zero."""
+    def close(self, computation: int, *, complete: bool) -> None:
+        """The computation ended: keep its counts (all of its tasks done when ``complete``,
+        i.e. it succeeded)."""
         with self._lock:
-            self._closed_done += self._total
-            self._closed_total += self._total
-            self._done = self._total = 0
+            done, total = self._running.pop(computation, (0, 0))
+            self._closed_done += total if complete else done
+            self._closed_total += total
 
     def snapshot(self) -> tuple[int, int]:
         with self._lock:
-            return self._closed_done + self._done, self._closed_total + self._total
+            running = self._running.values()
+            return (
+                self._closed_done + sum(done for done, _ in running),
+                self._closed_total + sum(total for _, total in running),
+            )
 
 
 @contextmanager
@@ -157,20 +166,26 @@ class _ThreadedCount(Callback):
     def __init__(self, count: TaskCount) -> None:
         super().__init__()  # type: ignore[no-untyped-call]  # dask's Callback is unannotated
         self._count = count
+        self._computation: int | None = None
 
     def _start_state(self, dsk: Any, state: dict[str, Any]) -> None:
+        self._computation = self._count.open()
         self._post(state)
 
     def _posttask(self, key: Any, result: Any, dsk: Any, state: dict[str, Any], id: Any) -> None:
         self._post(state)
 
     def _finish(self, dsk: Any, state: dict[str, Any], errored: bool) -> None:
-        self._count.close_computation()
+        if self._computation is not None:
+            self._count.close(self._computation, complete=False)
+            self._computation = None
 
     def _post(self, state: dict[str, Any]) -> None:
+        if self._computation is None:
+            return
         done = len(state["finished"])
         pending = sum(len(state[k]) for k in ("ready", "waiting", "running"))
-        self._count.update(done, done + pending)
+        self._count.update(self._computation, done, done + pending)
 
 
 class _SchedulerFeed(ProgressBar):
@@ -181,6 +196,7 @@ class _SchedulerFeed(ProgressBar):
             futures, scheduler=scheduler_of(client), interval="250ms"
         )
         self._count = count
+        self._computation = count.open()
         self._counting = True
         self._sized = False
         self._lock = threading.Lock()
@@ -188,7 +204,7 @@ class _SchedulerFeed(ProgressBar):
     def _draw_bar(self, remaining: int, all: int, **kwargs: Any) -> None:
         with self._lock:
             if self._counting:
-                self._count.update(all - remaining, all)
+                self._count.update(self._computation, all - remaining, all)
                 self._sized = True
 
     def counted_complete(self) -> bool:
@@ -198,8 +214,14 @@ class _SchedulerFeed(ProgressBar):
             if not self._sized:
                 return False
             self._counting = False
-            self._count.complete_computation()
+            self._count.close(self._computation, complete=True)
             return True
+
+    def close(self) -> None:
+        """The computation ended (or failed) and the listener with it: keep what was counted."""
+        with self._lock:
+            self._counting = False
+            self._count.close(self._computation, complete=False)
 
 
 class _DistributedCountingGet:
@@ -223,7 +245,7 @@ class _DistributedCountingGet:
         except BaseException:
             _wait_for_listener(listener)
             _release(futures)
-            self._count.close_computation()
+            feed.close()
             raise
         # Every task is done. The scheduler's feed says so only at its next tick (up to
         # 250 ms later; about 0.15 s per computation measured): once it has told the size,
@@ -235,7 +257,7 @@ class _DistributedCountingGet:
         else:
             _wait_for_listener(listener)
             _release(futures)
-            self._count.close_computation()
+            feed.close()
         return result
 
 

@@ -11,13 +11,14 @@ target then moves with a compare-and-swap.
 from __future__ import annotations
 
 import logging
+import time
 import uuid
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import icechunk
 
-from tasks.commit import commit_session
+from tasks.commit import Metadata, backoff, commit_session
 from tasks.errors import CommitConflictError, VerificationError
 
 if TYPE_CHECKING:
@@ -34,11 +35,11 @@ def publish(
     base_snapshot: str,
     changes: Sequence[ForkSession],
     message: str,
-    metadata: dict[str, Any] | None = None,
+    metadata: Metadata | None = None,
     *,
     staging_branch: str | None = None,
     audit: Audit | None = None,
-    attempts: int = 5,
+    attempts: int = 12,
     session: icechunk.Session | None = None,
 ) -> str:
     """Merge ``changes`` (forks of ``base_snapshot``) and move ``branch`` to one new commit.
@@ -78,7 +79,19 @@ def publish(
                 repo.reset_branch(branch, snapshot, from_snapshot_id=tip)
                 return snapshot
             except icechunk.IcechunkError as err:
-                log.info("branch %r moved during publish (try %d): %s", branch, attempt, err)
+                # another run landed first: every lost try means some writer made progress,
+                # so waiting (jittered, growing) and rebasing again ends; racing at once can
+                # starve one run when many finish together on a busy machine
+                delay = backoff(attempt)
+                log.info(
+                    "branch %r moved during publish (try %d), rebasing again in %.2f s: %s",
+                    branch,
+                    attempt,
+                    delay,
+                    err,
+                )
+                if attempt < attempts:
+                    time.sleep(delay)
         raise CommitConflictError(
             f"branch {branch!r} kept moving during {attempts} publish attempts; nothing was "
             "published — retry later or serialize the writers",
@@ -97,7 +110,7 @@ def _commit_on(
     tip: str,
     changes: Sequence[ForkSession],
     message: str,
-    metadata: dict[str, Any] | None,
+    metadata: Metadata | None,
 ) -> str:
     """One commit on ``work`` holding ``changes``, rebased onto ``tip`` with conflict detection."""
     if work in repo.list_branches():
@@ -200,7 +213,7 @@ class WindowPublisher:
         base: str,
         forks: Sequence[ForkSession],
         message: str,
-        metadata: dict[str, Any] | None = None,
+        metadata: Metadata | None = None,
     ) -> str:
         """Publish ``forks`` (of ``base``) with one commit; returns its snapshot id."""
         from tasks.commit import commit_lock

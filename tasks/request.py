@@ -14,15 +14,17 @@ from typing import Any, Literal
 from tasks.errors import PlanError
 from tasks.stored import normalize_group
 
-__all__ = ["Encoding", "OnOverlap", "RegionSpec", "WriteMode", "WriteRequest"]
+__all__ = ["Encoding", "OnGap", "OnOverlap", "RegionSpec", "WriteMode", "WriteRequest"]
 
 WriteMode = Literal["create", "overwrite", "modify", "append", "region"]
 OnOverlap = Literal["error", "skip", "overwrite"]
+OnGap = Literal["error", "stop", "fill"]
 RegionSpec = Mapping[str, slice | Literal["auto"]] | Literal["auto"]
 Encoding = Mapping[str, Mapping[str, Any]]
 
 _MODES: tuple[WriteMode, ...] = ("create", "overwrite", "modify", "append", "region")
 _ON_OVERLAP: tuple[OnOverlap, ...] = ("error", "skip", "overwrite")
+_ON_GAP: tuple[OnGap, ...] = ("error", "stop", "fill")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -30,9 +32,15 @@ class WriteRequest:
     """What to write where, and how; see docs/modes.md for what each mode does.
 
     Options belong to modes: ``encoding`` to the modes that create arrays (create,
-    overwrite, modify), ``only_new_vars`` to modify, ``append_dim``, ``on_overlap``,
-    ``update_attrs`` and ``fill_missing`` to append, ``region`` to region. An option
-    given to another mode is refused rather than ignored.
+    overwrite, modify), ``only_new_vars`` and ``update_spec`` to modify, ``append_dim``,
+    ``on_overlap``, ``on_gap``, ``update_attrs`` and ``fill_missing`` to append, ``region``
+    to region. An option given to another mode is refused rather than ignored.
+
+    ``on_gap`` says what an append does when its labels skip labels on the group's step
+    (docs/spec.md): "error" refuses it, "stop" appends only the labels before the first
+    missing one (the rest waits for a later run), "fill" writes the missing labels as fill
+    values and records them as a gap in the commit. ``update_spec`` lets a modify change
+    the structure the group's spec declares (dims, dtype, chunks, units, time encoding).
     """
 
     mode: WriteMode
@@ -41,6 +49,8 @@ class WriteRequest:
     only_new_vars: bool = False
     append_dim: str | None = None
     on_overlap: OnOverlap = "error"
+    on_gap: OnGap = "error"
+    update_spec: bool = False
     update_attrs: Mapping[str, Any] | None = None
     fill_missing: bool = False
     region: RegionSpec | None = None
@@ -55,6 +65,10 @@ class WriteRequest:
             raise PlanError(
                 f"on_overlap={self.on_overlap!r} is not one of {', '.join(_ON_OVERLAP)}",
                 group=self.group,
+            )
+        if self.on_gap not in _ON_GAP:
+            raise PlanError(
+                f"on_gap={self.on_gap!r} is not one of {', '.join(_ON_GAP)}", group=self.group
             )
         if self.mode == "append" and not self.append_dim:
             raise PlanError(
@@ -81,6 +95,10 @@ class WriteRequest:
             given.append(("append_dim", ("append",)))
         if self.on_overlap != "error":
             given.append(("on_overlap", ("append",)))
+        if self.on_gap != "error":
+            given.append(("on_gap", ("append",)))
+        if self.update_spec:
+            given.append(("update_spec", ("modify",)))
         if self.update_attrs:
             given.append(("update_attrs", ("append",)))
         if self.fill_missing:

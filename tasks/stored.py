@@ -6,7 +6,7 @@ import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cached_property
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
@@ -18,6 +18,12 @@ from zarr.errors import NodeNotFoundError
 
 from tasks.errors import PlanError
 
+if TYPE_CHECKING:
+    from tasks.spec import DatasetSpec
+
+SPEC_KEY = "icefloe_spec"
+"""The group attribute that keeps the group's declared spec (tasks/spec.py), as JSON."""
+
 
 @dataclass(frozen=True)
 class StoredArray:
@@ -27,6 +33,12 @@ class StoredArray:
     chunks: tuple[int, ...]
     dtype: np.dtype[Any]
     attrs: Mapping[str, Any]
+
+
+def dtype_label(dtype: np.dtype[Any]) -> str:
+    """A dtype as plans and specs show it: any string dtype (fixed or variable width) is
+    "string"."""
+    return "string" if dtype.kind in "OUST" else str(dtype)
 
 
 def normalize_group(group: str | None) -> str | None:
@@ -85,7 +97,20 @@ class StoredGroup:
 
     @cached_property
     def attrs(self) -> dict[str, Any]:
-        return {} if self._zarr_group is None else dict(self._zarr_group.attrs)
+        """The group's attributes, without icefloe's spec (``spec`` has it): writes merge
+        and compare these, while the spec is icefloe's to keep."""
+        if self._zarr_group is None:
+            return {}
+        return {k: v for k, v in self._zarr_group.attrs.items() if k != SPEC_KEY}
+
+    @cached_property
+    def spec(self) -> DatasetSpec | None:
+        """The group's declared spec; None for a group written before specs existed."""
+        from tasks.spec import parse_stored_spec
+
+        if self._zarr_group is None:
+            return None
+        return parse_stored_spec(self._zarr_group.attrs.get(SPEC_KEY), self.group)
 
     @cached_property
     def arrays(self) -> dict[str, StoredArray]:

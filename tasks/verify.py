@@ -16,6 +16,7 @@ from zarr.abc.store import Store
 
 from tasks.encoding import encode_for_store
 from tasks.errors import VerificationError
+from tasks.spec import VariableSpec
 from tasks.stored import StoredGroup, array_path, stored_encodings
 
 if TYPE_CHECKING:
@@ -64,11 +65,35 @@ def verify_store(store: Store, planned: Planned, source: xr.Dataset) -> None:
     if lost:
         problems.append(f"group attributes {lost} are not as planned")
 
+    if planned.steps.spec is not None:
+        problems += _check_spec(store, planned)
     if not problems:
         problems += _check_eager_values(store, planned)
         problems += _check_append_labels(store, planned, source)
     if problems:
         raise VerificationError(problems, group=group)
+
+
+def _check_spec(store: Store, planned: Planned) -> list[str]:
+    """The spec write_metadata wrote describes the arrays this write created or changed."""
+    stored = StoredGroup(store, planned.plan.group)
+    spec = stored.spec
+    if spec is None:
+        return ["the group has no spec after write_metadata"]
+    problems = []
+    for row in planned.plan.arrays:
+        if row.action in ("skip", "delete") or row.name not in stored.arrays:
+            continue
+        declared = spec.variables.get(row.name)
+        if declared is None:
+            problems.append(f"the group's spec does not list array {row.name!r}")
+            continue
+        changed = declared.differences(VariableSpec.of_array(stored.arrays[row.name]))
+        if changed:
+            problems.append(
+                f"array {row.name!r} differs from the group's spec: {', '.join(changed)}"
+            )
+    return problems
 
 
 def _check_eager_values(store: Store, planned: Planned) -> list[str]:

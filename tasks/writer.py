@@ -34,7 +34,8 @@ from tasks.planners import (
     Planned,
     RegionPlanner,
 )
-from tasks.request import Encoding, OnOverlap, RegionSpec, WriteRequest
+from tasks.request import Encoding, OnGap, OnOverlap, RegionSpec, WriteRequest
+from tasks.spec import write_spec
 from tasks.stored import StoredGroup, array_path, stored_encodings
 from tasks.verify import verify_store
 
@@ -98,10 +99,19 @@ class XarrayDatasetWriter:
         )
 
     def for_modify(
-        self, group: str | None = None, encoding: Encoding | None = None
+        self,
+        group: str | None = None,
+        encoding: Encoding | None = None,
+        update_spec: bool = False,
     ) -> XarrayDatasetWriter:
-        """Add variables, overwrite existing ones and merge attributes."""
-        return self.for_request(WriteRequest(mode="modify", group=group, encoding=encoding))
+        """Add variables, overwrite existing ones and merge attributes.
+
+        ``update_spec=True`` lets it change the structure the group's spec declares
+        (dims, dtype, chunks, units, time encoding); the spec follows in the same commit.
+        """
+        return self.for_request(
+            WriteRequest(mode="modify", group=group, encoding=encoding, update_spec=update_spec)
+        )
 
     def drop_existing_vars(self) -> XarrayDatasetWriter:
         """After for_modify: write only the variables the group does not have yet."""
@@ -116,14 +126,21 @@ class XarrayDatasetWriter:
         on_overlap: OnOverlap = "error",
         update_attrs: Mapping[str, Any] | None = None,
         fill_missing: bool = False,
+        on_gap: OnGap = "error",
     ) -> XarrayDatasetWriter:
-        """Extend the arrays that have ``append_dim`` with the dataset's labels."""
+        """Extend the arrays that have ``append_dim`` with the dataset's labels.
+
+        ``on_gap``: labels that skip labels of the group's step are refused ("error"),
+        appended only up to the first missing one ("stop"), or written with the missing
+        ones as fill values, recorded as a gap ("fill"); see docs/spec.md.
+        """
         return self.for_request(
             WriteRequest(
                 mode="append",
                 group=group,
                 append_dim=append_dim,
                 on_overlap=on_overlap,
+                on_gap=on_gap,
                 update_attrs=update_attrs,
                 fill_missing=fill_missing,
             )
@@ -195,6 +212,10 @@ class XarrayDatasetWriter:
             zarr.open_group(self.store, path=group or "", mode="r+").attrs.update(steps.group_attrs)
         for name, attrs in steps.array_attrs.items():
             zarr.open_array(self.store, path=array_path(group, name), mode="r+").attrs.update(attrs)
+        if steps.spec is not None:
+            # last: read from the arrays as they now are, and to_zarr replaced the group's
+            # attributes with the template's
+            write_spec(self.store, group, steps.spec.apply(StoredGroup(self.store, group)))
         log.info(
             "write_metadata: %d created, %d resized, %d deleted, %d attributes set",
             0 if steps.template is None else len(steps.template.variables),
@@ -215,7 +236,8 @@ class XarrayDatasetWriter:
         log.info("write_eager: %d variables written", len(writes))
 
     def _verify(self) -> None:
-        verify_store(self.store, self._require_plan(), self.dataset)
+        planned = self._require_plan()
+        verify_store(self.store, planned, planned.dataset)
 
     def _write_lazy(self) -> None:
         batches = self.lazy_batches()
@@ -235,6 +257,12 @@ class XarrayDatasetWriter:
         self.verify()
         self.write_lazy()
         return plan
+
+    @property
+    def written_dataset(self) -> xr.Dataset:
+        """What the plan writes: the dataset, cut before a gap or with a gap's labels added
+        when the append's ``on_gap`` says so (after plan())."""
+        return self._require_plan().dataset
 
     def lazy_batches(self, dim: str | None = None, target_batches: int = 1) -> list[LazyBatch]:
         """The lazy writes as chunk-aligned windows along ``dim`` (default: the append dim).
@@ -282,7 +310,13 @@ class XarrayDatasetWriter:
             create_mode: Literal["w", "w-"] = "w" if request.mode == "overwrite" else "w-"
             return CreatePlanner(self.dataset, stored, create_mode, request.encoding)
         if request.mode == "modify":
-            return ModifyPlanner(self.dataset, stored, request.encoding, request.only_new_vars)
+            return ModifyPlanner(
+                self.dataset,
+                stored,
+                request.encoding,
+                request.only_new_vars,
+                request.update_spec,
+            )
         if request.mode == "append":
             assert request.append_dim is not None
             return AppendPlanner(
@@ -292,6 +326,7 @@ class XarrayDatasetWriter:
                 request.on_overlap,
                 request.update_attrs,
                 request.fill_missing,
+                request.on_gap,
             )
         assert request.region is not None
         return RegionPlanner(self.dataset, stored, request.region)

@@ -51,9 +51,16 @@ def scheduler(request: pytest.FixtureRequest) -> Iterator[str]:
 def read_back(
     repo: icechunk.Repository, group: str | None = None, branch: str = "main"
 ) -> xr.Dataset:
-    """The committed group, read independently of icefloe."""
+    """The committed group, read independently of icefloe (without the spec icefloe keeps
+    with it, which plain xarray reads as one more attribute: tests/tasks/test_spec.py)."""
     session = repo.readonly_session(branch=branch)
-    return xr.open_zarr(session.store, group=group, consolidated=False).load()
+    return without_spec(xr.open_zarr(session.store, group=group, consolidated=False).load())
+
+
+def without_spec(ds: xr.Dataset) -> xr.Dataset:
+    """``ds`` without the group attribute that holds icefloe's spec (tasks/spec.py)."""
+    ds.attrs.pop("icefloe_spec", None)
+    return ds
 
 
 def plain_xarray(ds: xr.Dataset, tmp_path: Path, name: str = "plain") -> xr.Dataset:

@@ -79,3 +79,9 @@ class SourceBase(BaseModel):
     model_config = ConfigDict(
         extra="forbid", hide_input_in_errors=True, json_schema_extra=form_properties
     )
+
+    @property
+    def needs_window_start(self) -> bool:
+        """Whether open() cannot name its data without a window start (e.g. files named by
+        date): a first scheduled run of such a source needs a start from the operator."""
+        return False

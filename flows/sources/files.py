@@ -30,6 +30,50 @@ from flows.targets import (
 from tasks.errors import SourceNotFoundError
 
 _PLACEHOLDERS = frozenset({"start", "end"})
+# strftime codes by the period of time one value of theirs names, finest first: a template
+# is filled once per period of its finest code inside the window
+_PERIOD_OF_CODE = (
+    (("%S", "%s"), "s"),
+    (("%M",), "min"),
+    (("%H", "%I", "%p"), "h"),
+    (("%d", "%j", "%a", "%A", "%u", "%w", "%e"), "D"),
+    (("%U", "%W", "%V"), "W"),
+    (("%m", "%b", "%B", "%h"), "M"),
+    (("%Y", "%y", "%G"), "Y"),
+)
+MAX_PERIODS = 100_000
+
+
+def _period_of(template: str) -> str | None:
+    """The pandas period frequency of the finest date code in the template's placeholders,
+    or None when they carry no date code (``{start}`` alone)."""
+    specs = [spec or "" for _, name, spec, _ in string.Formatter().parse(template) if name]
+    for codes, period in _PERIOD_OF_CODE:
+        if any(code in spec for code in codes for spec in specs):
+            return period
+    return None
+
+
+def _fillings(template: str, values: dict[str, pd.Timestamp]) -> list[dict[str, pd.Timestamp]]:
+    """The placeholder values to fill ``template`` with: one per period of its finest date
+    code that meets the window [start, end) (a daily file per day the window spans), or the
+    window itself when the template names no period or the window is open-ended."""
+    period = _period_of(template)
+    if period is None or "start" not in values or "end" not in values:
+        return [values]
+    first = pd.Period(values["start"], freq=period)
+    last = pd.Period(values["end"] - pd.Timedelta(1, "ns"), freq=period)
+    if last < first:
+        return [values]
+    count = (last - first).n + 1
+    if count > MAX_PERIODS:
+        raise ValueError(
+            f"FilesSource.paths {template!r} names one file per {period} period: the window "
+            f"{values['start']} … {values['end']} spans {count} of them (at most {MAX_PERIODS}):"
+            " run a shorter window (a later start, or a backfill in windows)"
+        )
+    periods = pd.period_range(first, last, freq=period)
+    return [{"start": p.start_time, "end": (p + 1).start_time} for p in periods]
 
 
 def _placeholders(pattern: str) -> set[str]:
@@ -77,7 +121,8 @@ class FilesSource(SourceBase):
         min_length=1,
         description=(
             "Paths or glob patterns of the files (local, or URLs xarray opens as given). "
-            "May hold {start:%Y%m%d} / {end:%Y%m%d} placeholders, filled with each run's window."
+            "May hold {start:%Y%m%d} / {end:%Y%m%d} placeholders: one file per day (per hour "
+            "with %H, …) of each run's window."
         ),
         examples=[["data/*.nc"], ["data/era5_{start:%Y%m%d}.nc"]],
     )
@@ -134,10 +179,18 @@ class FilesSource(SourceBase):
                 )
         return value
 
+    @property
+    def needs_window_start(self) -> bool:
+        return any("start" in _placeholders(pattern) for pattern in self.paths)
+
     def resolve_paths(
         self, start: WindowBound | None = None, end: WindowBound | None = None
     ) -> list[str]:
         """The files to open for the window: placeholders filled, globs expanded (sorted).
+
+        A placeholder with a date format is filled once per period of its finest code that
+        the window meets (``obs_{start:%Y%m%d}.nc``: each day's file from the window's start
+        to its end); a period whose file is absent is left out.
 
         Raises FileNotFoundError naming every pattern that matched nothing.
         """
@@ -158,25 +211,18 @@ class FilesSource(SourceBase):
                     f"no {listed}: run it as a scheduled or backfill run, pass "
                     f"{'/'.join(absent)} to open(), or remove the placeholder"
                 )
-            pattern = template.format(**values) if needed else template
-            if is_remote(pattern):
-                if not glob.has_magic(pattern):
-                    files.append(pattern)  # opened as given; a missing object fails there
-                    continue
-                matches = self._remote_glob(pattern)
-                if not matches:
-                    missing.append(
-                        pattern if pattern == template else f"{pattern} (from {template})"
-                    )
-                files.extend(matches)
-                continue
-            local = os.path.expanduser(pattern.removeprefix("file://"))
-            if glob.has_magic(local):
-                matches = sorted(glob.glob(local, recursive=True))
-            else:
-                matches = [local] if os.path.exists(local) else []
+            patterns = (
+                list(dict.fromkeys(template.format(**v) for v in _fillings(template, values)))
+                if needed
+                else [template]
+            )
+            # a period without its file is data not there (yet): the run's late-data policy
+            # and the plan's gap guard decide; only a template that matched nothing is an error
+            check = len(patterns) > 1
+            matches = [m for pattern in patterns for m in self._matches(pattern, check=check)]
             if not matches:
-                missing.append(pattern if pattern == template else f"{pattern} (from {template})")
+                shown = patterns[0] if len(patterns) == 1 else f"{patterns[0]} … {patterns[-1]}"
+                missing.append(shown if shown == template else f"{shown} (from {template})")
             files.extend(matches)
         if missing:
             raise SourceNotFoundError(
@@ -185,6 +231,27 @@ class FilesSource(SourceBase):
                 "for {start}/{end} placeholders"
             )
         return list(dict.fromkeys(files))  # a file matched by two patterns is opened once
+
+    def _matches(self, pattern: str, *, check: bool = False) -> list[str]:
+        """The files one filled pattern names: a glob expanded (sorted), a path if it exists.
+
+        A remote path is taken as given (a missing object fails when opened, naming it)
+        unless ``check``: one of many periods' files may be absent, and is then left out.
+        """
+        if is_remote(pattern):
+            if glob.has_magic(pattern):
+                return self._remote_glob(pattern)
+            if check:
+                import fsspec
+
+                options = fsspec_options(pattern, self.storage_options)
+                fs, path = fsspec.core.url_to_fs(pattern, **options)
+                return [pattern] if fs.exists(path) else []
+            return [pattern]
+        local = os.path.expanduser(pattern.removeprefix("file://"))
+        if glob.has_magic(local):
+            return sorted(glob.glob(local, recursive=True))
+        return [local] if os.path.exists(local) else []
 
     def _remote_glob(self, pattern: str) -> list[str]:
         """The objects matching a remote glob, as URLs (fsspec, e.g. s3fs for s3://)."""

@@ -16,22 +16,27 @@ from tasks.plan import (
     MetadataSteps,
     WritePlan,
 )
-
-# Encoding keys xarray's zarr backend accepts; anything else a source carried along
-# (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
 from tasks.planners.base import (
     Planned,
     Planner,
     changed_attrs,
     check_dataset,
-    dtype_label,
     labels_text,
     stored_variable,
     values_equal,
 )
 from tasks.planners.create import CreatePlanner
-from tasks.request import OnOverlap, WriteMode
-from tasks.stored import StoredGroup
+from tasks.planners.guards import (
+    UPDATE_SPEC_HINT,
+    OnStep,
+    apply_on_step,
+    check_first_labels,
+    check_step,
+    missing_value,
+)
+from tasks.request import OnGap, OnOverlap, WriteMode
+from tasks.spec import IRREGULAR, infer_step, step_of_timedelta
+from tasks.stored import SPEC_KEY, StoredGroup, dtype_label
 
 # Labels per chunk of the append coordinate of a group created by an append: 512 KiB of
 # int64, a few KB compressed; about seven years of hourly labels.
@@ -67,12 +72,21 @@ class AppendPlanner(Planner):
         on_overlap: OnOverlap = "error",
         update_attrs: Mapping[str, Any] | None = None,
         fill_missing: bool = False,
+        on_gap: OnGap = "error",
     ) -> None:
         super().__init__(ds, stored)
         self.append_dim = append_dim
         self.on_overlap = on_overlap
         self.update_attrs = dict(update_attrs or {})
         self.fill_missing = fill_missing
+        self.on_gap = on_gap
+        self.on_step = OnStep()
+        # the dtype and dims hints: with a spec, rewriting a variable is a declared change
+        self.rewrite = (
+            "rewrite it with for_modify"
+            if stored.spec is None
+            else "rewrite it with for_modify(update_spec=True)"
+        )
 
     def plan(self) -> Planned:
         check_dataset(self.ds, self.problems)
@@ -86,25 +100,14 @@ class AppendPlanner(Planner):
                 f"append_dim {dim!r} is not a dimension of the dataset (its dimensions are "
                 f"{sorted(map(str, self.ds.dims))}); pass one of those"
             )
+        if SPEC_KEY in self.update_attrs:
+            self.problems.add(
+                f"update_attrs sets {SPEC_KEY!r}, the group's spec that icefloe keeps; leave it "
+                "out, and change the spec with `icefloe spec init --force` (tasks.spec)"
+            )
         self.problems.raise_if_any()
         if self.stored.is_empty:
-            creator = CreatePlanner(self.ds, self.stored, "w-")
-            creator.growth_chunks = self._growth_chunks()
-            planned = creator.plan()
-            assert planned.steps.template is not None  # creating a group always has one
-            planned.steps.template.attrs.update(self.update_attrs)
-            labels = self._labels(self.ds)
-            plan = planned.plan
-            planned.plan = WritePlan(
-                mode="append",
-                group=plan.group,
-                arrays=plan.arrays,
-                group_attrs={**plan.group_attrs, **self.update_attrs},
-                attrs_changed=plan.attrs_changed,
-                append_dim=dim,
-                label_range=labels_text(labels) if labels is not None and len(labels) else None,
-            )
-            return planned
+            return self._plan_create()
         if dim not in self.stored.sizes:
             self.problems.add(
                 f"append_dim {dim!r} is not a dimension of the stored group (it has "
@@ -112,6 +115,43 @@ class AppendPlanner(Planner):
             )
             self.problems.raise_if_any()
         return self._plan_extend()
+
+    def _plan_create(self) -> Planned:
+        """The group's first write: created from the dataset (its labels on the step of a
+        spec declared ahead of it, holes handled as ``on_gap`` says)."""
+        dim = self.append_dim
+        labels = self._labels(self.ds)
+        if labels is not None and not self.problems.items:
+            self.on_step = check_first_labels(
+                labels, self.stored.spec, self.on_gap, dim, self.problems
+            )
+        if self.on_step.keep is not None or self.on_step.labels is not None:
+            fills = {
+                str(n): missing_value(v, v.encoding.get("_FillValue"))
+                for n, v in self.ds.variables.items()
+            }
+            self.ds = apply_on_step(self.ds, dim, 1, self.on_step, _known(fills), self.problems)
+        self.problems.raise_if_any()
+        creator = CreatePlanner(self.ds, self.stored, "w-", append_dim=dim)
+        creator.growth_chunks = self._growth_chunks()
+        planned = creator.plan()
+        assert planned.steps.template is not None  # creating a group always has one
+        planned.steps.template.attrs.update(self.update_attrs)
+        labels = self._labels(planned.dataset)
+        plan = planned.plan
+        planned.plan = WritePlan(
+            mode="append",
+            group=plan.group,
+            arrays=plan.arrays,
+            group_attrs={**plan.group_attrs, **self.update_attrs},
+            attrs_changed=plan.attrs_changed,
+            append_dim=dim,
+            label_range=labels_text(labels) if labels is not None and len(labels) else None,
+            append_span=(0, planned.dataset.sizes[dim]),
+            gaps=self.on_step.gaps,
+            stopped_at=self.on_step.stopped_at,
+        )
+        return planned
 
     def _growth_chunks(self) -> dict[str, int]:
         """A group an append creates is going to grow along the append dimension: its
@@ -166,7 +206,8 @@ class AppendPlanner(Planner):
                     f"variable {name!r} has dimension {dim!r} in the dataset but not in the store; "
                     "rename the dimension or rewrite the variable with for_modify"
                 )
-            elif self.check_compatible(name, variable, "rewrite it with for_modify"):
+            elif self.check_compatible(name, variable, self.rewrite):
+                self.guard.check_units(name, variable, "an append")
                 new_shape, row, write = self._plan_variable(name, variable, span)
                 if new_shape != stored.arrays[name].shape:
                     resize[name] = new_shape
@@ -191,6 +232,9 @@ class AppendPlanner(Planner):
             changed,
             append_dim=dim,
             label_range=label_range,
+            append_span=(span.write_from, span.new_len) if span.n_new else None,
+            gaps=self.on_step.gaps,
+            stopped_at=self.on_step.stopped_at,
         )
 
     def _placement(self) -> tuple[int, int]:
@@ -235,6 +279,11 @@ class AppendPlanner(Planner):
             f"variable {name!r} has no {self.append_dim!r} dimension and differs from the "
             "stored one; appending never overwrites it: make it equal to the stored values, "
             "or change it with for_modify"
+            + (
+                ""
+                if self.stored.spec is None
+                else f" (or, if that changes its structure, {UPDATE_SPEC_HINT})"
+            )
         )
         return False
 
@@ -354,33 +403,50 @@ class AppendPlanner(Planner):
                     "rewrite inside it)"
                 )
             else:
-                self._check_no_gap(stored_labels, fresh)
+                self._check_step(stored_labels, fresh, n_overlap)
         if self.on_overlap == "skip":
             return old_len, n_overlap
         return (int(positions[0]) if n_overlap else old_len), 0
 
-    def _check_no_gap(self, stored_labels: pd.Index, fresh: pd.Index) -> None:
+    def _check_step(self, stored_labels: pd.Index, fresh: pd.Index, n_overlap: int) -> None:
+        """New labels must continue on the step: the spec's, or for a group without one
+        (or an irregular one), the stored labels' own when they are regular times."""
+        step = self._step(stored_labels, fresh)
+        if step is None:
+            return
+        self.on_step = check_step(
+            stored_labels[-1], fresh, step, self.on_gap, self.append_dim, self.problems
+        )
+        if self.on_step.keep is None and self.on_step.labels is None:
+            return
+        fills = {
+            str(n): missing_value(v, self.stored.encodings.get(str(n), {}).get("_FillValue"))
+            for n, v in self.ds.variables.items()
+        }
+        self.ds = apply_on_step(
+            self.ds, self.append_dim, n_overlap, self.on_step, _known(fills), self.problems
+        )
+
+    def _step(self, stored_labels: pd.Index, fresh: pd.Index) -> str | None:
+        spec = self.stored.spec
+        if spec is not None and spec.append_dim == self.append_dim and spec.is_regular:
+            return spec.step
         if _calendar(stored_labels) is None:
             # numeric axes (depth levels, longitudes, model levels) are often irregular on
             # purpose: a few equal steps in the first part say nothing about the rest
-            return
+            return None
         step = _regular_step(stored_labels)
         if step is None and len(stored_labels) == 1 and len(fresh) > 1:
             step = _regular_step(fresh)
-        if step is None:
-            return
-        expected = stored_labels[-1] + step
-        if fresh[0] != expected:
-            self.problems.add(
-                f"the axis {self.append_dim!r} is regular with step {step} but the first new label "
-                f"is {fresh[0]} instead of {expected}; that leaves a gap — include the missing "
-                "labels, or write them later with for_region after extending the axis"
-            )
-        elif len(fresh) > 1 and _regular_step(fresh) != step:
-            self.problems.add(
-                f"the new labels along {self.append_dim!r} are not spaced by the stored step "
-                f"{step}; resample them to the stored step"
-            )
+            if step is None:
+                # one stored label and new ones with a hole: their common step, if any
+                inferred = infer_step(stored_labels.append(fresh))
+                return None if inferred == IRREGULAR else inferred
+        return None if step is None else step_of_timedelta(step)
+
+
+def _known(fills: Mapping[str, Any]) -> dict[str, Any]:
+    return {name: value for name, value in fills.items() if value is not None}
 
 
 def _calendar(labels: pd.Index) -> str | None:

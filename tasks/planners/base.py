@@ -33,8 +33,9 @@ from tasks.plan import (
     Phase,
     WritePlan,
 )
+from tasks.planners.guards import SpecGuard
 from tasks.request import WriteMode
-from tasks.stored import StoredGroup
+from tasks.stored import SPEC_KEY, StoredGroup, dtype_label
 
 # Encoding keys xarray's zarr backend accepts; anything else a source carried along
 # (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
@@ -68,6 +69,9 @@ class Planned:
     plan: WritePlan
     steps: MetadataSteps
     writes: list[ArrayWrite]
+    # what the write stores: the request's dataset without icefloe's spec attribute, cut
+    # before a gap (on_gap="stop") or with the gap's labels added (on_gap="fill")
+    dataset: xr.Dataset
 
 
 @dataclass
@@ -83,10 +87,6 @@ class Problems:
     def raise_if_any(self) -> None:
         if self.items:
             raise PlanError(self.items, group=self.group)
-
-
-def dtype_label(dtype: np.dtype[Any]) -> str:
-    return "string" if dtype.kind in "OUST" else str(dtype)
 
 
 def is_lazy(variable: xr.Variable) -> bool:
@@ -162,11 +162,16 @@ class Planner:
         stored: StoredGroup,
         encoding: Mapping[str, Mapping[str, Any]] | None = None,
     ) -> None:
+        if SPEC_KEY in ds.attrs:
+            # data read from another icefloe group carries that group's spec: never this one's
+            ds = ds.copy()
+            ds.attrs = {k: v for k, v in ds.attrs.items() if k != SPEC_KEY}
         self.ds = ds
         self.stored = stored
         self.group = stored.group
         self.encoding = {str(k): dict(v) for k, v in (encoding or {}).items()}
         self.problems = Problems(stored.group)
+        self.guard = SpecGuard(stored.spec, stored, self.problems)
         # 1-D arrays created with room to grow: chunk length by name, not clamped to the
         # array's first length (an append dimension's coordinate; see AppendPlanner)
         self.growth_chunks: dict[str, int] = {}
@@ -461,7 +466,7 @@ class Planner:
             attrs_changed=tuple(attrs_changed),
             **extra,
         )
-        return Planned(plan, steps, writes)
+        return Planned(plan, steps, writes, self.ds)
 
 
 def dtypes_compatible(

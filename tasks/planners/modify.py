@@ -15,10 +15,8 @@ from tasks.plan import (
     ArrayPlan,
     ArrayWrite,
     MetadataSteps,
+    SpecUpdate,
 )
-
-# Encoding keys xarray's zarr backend accepts; anything else a source carried along
-# (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
 from tasks.planners.base import (
     Planned,
     Planner,
@@ -38,10 +36,16 @@ class ModifyPlanner(Planner):
     mode: WriteMode = "modify"
 
     def __init__(
-        self, ds: xr.Dataset, stored: StoredGroup, encoding: Any = None, only_new: bool = False
+        self,
+        ds: xr.Dataset,
+        stored: StoredGroup,
+        encoding: Any = None,
+        only_new: bool = False,
+        update_spec: bool = False,
     ) -> None:
         super().__init__(ds, stored, encoding)
         self.only_new = only_new
+        self.update_spec = update_spec
 
     def plan(self) -> Planned:
         check_dataset(self.ds, self.problems)
@@ -101,6 +105,7 @@ class ModifyPlanner(Planner):
                 array_attrs[name] = {k: variable.attrs[k] for k in changed}
         self._check_dimension_sizes({**new_vars, **replaced})
         self.problems.raise_if_any()
+        self._keep_declared_chunks(replaced)
         created_rows, template, encodings, created_writes = self.plan_creates(new_vars)
         replaced_rows, replaced_template, replaced_enc, replaced_writes = self.plan_creates(
             replaced, action="replace"
@@ -119,6 +124,15 @@ class ModifyPlanner(Planner):
             array_attrs=array_attrs,
         )
         rows += created_rows + replaced_rows
+        self.guard.check_structure(
+            rows,
+            encodings,
+            allowed=self.update_spec,
+            fix="pass update_spec=True (icefloe modify --update-spec) to change the spec with "
+            "it, or write it as the spec declares",
+        )
+        self.guard.check_no_shrink(rows)
+        steps.spec = self._spec(new_vars, [r.name for r in rows if r.action != "skip"])
         return self.finish(
             rows,
             steps,
@@ -126,6 +140,26 @@ class ModifyPlanner(Planner):
             {**self.stored.attrs, **ds.attrs},
             group_changes + [f"{n}.{k}" for n, attrs in array_attrs.items() for k in attrs],
         )
+
+    def _keep_declared_chunks(self, replaced: Mapping[str, xr.Variable]) -> None:
+        """A replaced variable keeps its declared chunks unless its encoding says otherwise,
+        so that changing its dtype (update_spec) does not change its chunks as well."""
+        spec = self.stored.spec
+        if spec is None:
+            return
+        for name, variable in replaced.items():
+            declared = spec.variables.get(name)
+            if declared is not None and declared.chunks and len(declared.chunks) == variable.ndim:
+                self.encoding.setdefault(name, {}).setdefault("chunks", declared.chunks)
+
+    def _spec(self, created: Mapping[str, xr.Variable], changed: list[str]) -> SpecUpdate | None:
+        """The spec lists the variables a modify adds; with update_spec, it takes the new
+        structure of every variable the modify writes."""
+        spec = self.stored.spec
+        if spec is None:
+            return None
+        refresh = changed if self.update_spec else list(created)
+        return SpecUpdate(base=spec, append_dim=spec.append_dim, refresh=tuple(refresh))
 
     def _check_dimension_sizes(self, changing: Mapping[str, xr.Variable]) -> None:
         """A created or replaced array must agree with the sizes of the arrays that stay."""

@@ -12,9 +12,6 @@ from tasks.plan import (
     ArrayWrite,
     MetadataSteps,
 )
-
-# Encoding keys xarray's zarr backend accepts; anything else a source carried along
-# (netCDF's zlib, chunksizes, source, ...) is dropped rather than rejected.
 from tasks.planners.base import (
     Planned,
     Planner,
@@ -104,6 +101,7 @@ class RegionPlanner(Planner):
                     rows.append(self.skip_row(name, "unchanged"))
                     continue
             self.check_encodable(name, variable)
+            self.guard.check_units(name, variable, "a region write")
             row, write = self.plan_write(name, variable, region, "region", stored.shape)
             rows.append(row)
             writes.append(write)

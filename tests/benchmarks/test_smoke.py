@@ -45,9 +45,15 @@ def test_smoke_benchmark_writes_every_section_and_the_plot(
     for section in run.SECTIONS:
         assert section in results, section
     # every measurement ran (the backfill may be reported as not measured while it is young)
-    for section in ("bulk", "fixed", "appends", "scaling", "resume"):
+    for section in ("bulk", "small", "demo", "appends", "scaling", "resume"):
         assert not results[section].get("skipped"), (section, results[section])
     assert results["resume"]["batches_rewritten"] == [1]
+    # every timed run carries the machine's conditions: load before and after, other work
+    for row in results["bulk"]["rows"] + results["small"]["rows"] + results["demo"]["rows"]:
+        for conditions in row["seconds"]["conditions"]:
+            assert len(conditions["load_before"]) == len(conditions["load_after"]) == 3
+            assert conditions["others_during"] >= 0
+    assert results["demo"]["noisy_lines"] == []
     png = (out.parent / "results.png").read_bytes()
     assert png.startswith(b"\x89PNG")
     assert len(png) > 10_000

@@ -12,12 +12,14 @@ import xarray as xr
 import zarr
 
 from tasks.encoding import VALUE_ENCODING_KEYS, same_encoding_value
+from tests.conftest import without_spec
 
 
 def read_group(repo: icechunk.Repository, group: str | None) -> xr.Dataset:
-    """The committed group, read by plain xarray (not through icefloe)."""
+    """The committed group, read by plain xarray (not through icefloe), without the spec
+    icefloe keeps with it."""
     session = repo.readonly_session(branch="main")
-    return xr.open_zarr(session.store, group=group, consolidated=False).load()
+    return without_spec(xr.open_zarr(session.store, group=group, consolidated=False).load())
 
 
 def to_zarr_reference(ds: xr.Dataset, tmp_path: Path, name: str) -> xr.Dataset:

@@ -75,7 +75,7 @@ def _from_serve() -> dict[str, dict[str, Any]]:
 def test_prefect_yaml_and_serve_define_the_same_deployments() -> None:
     from_yaml, from_serve = _from_yaml(), _from_serve()
 
-    assert set(from_yaml) == {"append-scheduled", "write", "backfill", "maintenance"}
+    assert set(from_yaml) == {"append-scheduled", "write", "backfill", "validate", "maintenance"}
     assert from_yaml == from_serve
 
 
@@ -125,13 +125,14 @@ def test_serve_says_what_a_first_run_writes_and_start_shortens_it(tmp_path: Path
     )
 
     target = Target(repo=str(tmp_path / "archive"))
-    (first, event) = what_runs_will_do(target, SyntheticSource(), now=now)
+    (first, event, validation) = what_runs_will_do(target, SyntheticSource(), now=now)
     assert "the first run creates the group and writes" in first
     assert "--resource-id icefloe.archive.archive" in event
+    assert "validation after each scheduled append and every 1:00:00" in validation
     session = target.open_repository(create=True).writable_session("main")
     to_icechunk(SyntheticSource(start="2026-12-01", periods=3, ny=2, nx=2).open(), session)
     session.commit("three labels")
-    (next_run, _) = what_runs_will_do(target, SyntheticSource(), now=now)
+    (next_run, _, _) = what_runs_will_do(target, SyntheticSource(), now=now)
     assert "appends the labels after 2026-12-01 02:00:00" in next_run
 
 
@@ -143,3 +144,22 @@ def test_served_runs_keep_chatter_off_the_console_unless_asked(
     monkeypatch.delenv("DASK_LOGGING__DISTRIBUTED", raising=False)
     monkeypatch.setenv("ICECHUNK_LOG", "debug")  # the user's choice wins
     assert quiet_run_environment() == {"DASK_LOGGING__DISTRIBUTED": "warning"}
+
+
+def test_the_late_data_policy_is_a_parameter_of_both_scheduled_appends() -> None:
+    """``late_data`` (docs/spec.md) is set the same way by prefect.yaml and ``icefloe serve``,
+    and ``serve --late-data hole`` reaches the deployment without editing YAML."""
+    from_yaml = {d["name"]: d for d in yaml.safe_load(PREFECT_YAML.read_text())["deployments"]}
+    target, source = Target(repo="/tmp/era5.icechunk"), SyntheticSource()
+
+    def scheduled(**kwargs: Any) -> dict[str, Any]:
+        (deployment,) = [
+            d
+            for d in build_deployments(target=target, source=source, interval=60, **kwargs)
+            if d.name == "append-scheduled"
+        ]
+        return dict(deployment.parameters)
+
+    assert from_yaml["append-scheduled"]["parameters"]["late_data"] == "wait"
+    assert scheduled()["late_data"] == "wait"
+    assert scheduled(late_data="hole")["late_data"] == "hole"

@@ -81,7 +81,7 @@ def serving(
     args += ["--scheduler-address", local_cluster.scheduler_address]
     process = served(args, f"{ui_server}/api", home / "serve.log")
     try:
-        wait_until(lambda: len(_deployments(ui_server)) == 4, 120, "icefloe serve to register")
+        wait_until(lambda: len(_deployments(ui_server)) == 5, 120, "icefloe serve to register")
         yield {"home": home, "log": home / "serve.log", "process": process}
     finally:
         stop(process)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import os
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -55,9 +56,15 @@ def _sleep_on_a_worker(seconds: float) -> int:
 
 
 def main(repo: str, point: str, at_file: str, count_file: str, run_key: str) -> None:
+    # The data is tiny: without this the lazy write would run on the flow process's threads
+    # and no LocalCluster (whose worker processes must not outlive the run) would start.
+    os.environ["ICEFLOE_THREADS_BELOW_BYTES"] = "0"
     original_batch = tasks.batches.write_batch
+    third_batch_task = threading.Event()
 
     def counting(*args: Any, **kwargs: Any) -> Any:
+        if args[1].index == 2:  # (fork, batch, ...)
+            third_batch_task.set()
         result = original_batch(*args, **kwargs)
         with open(count_file, "a") as f:
             f.write("batch\n")
@@ -84,7 +91,10 @@ def main(repo: str, point: str, at_file: str, count_file: str, run_key: str) -> 
         def store(*args: Any, **kwargs: Any) -> Any:
             calls.append(1)
             if len(calls) == 3:
-                # the flow process blocks on the cluster, as in any long batch
+                # The third batch starts ahead, while the second one still computes: it
+                # arrives once the third batch's own task has begun, i.e. once the first
+                # two batches are finished and persisted, as in any long batch.
+                third_batch_task.wait(WAIT_SECONDS)
                 computation = dask.delayed(_sleep_on_a_worker)(WAIT_SECONDS)
                 arrived(at_file)
                 computation.compute()

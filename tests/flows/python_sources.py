@@ -56,3 +56,24 @@ def failing_lazily(start: str = "2020-01-01", periods: int = 24) -> xr.Dataset:
         data=da.map_blocks(_explode, data, dtype=data.dtype)
     )
     return ds
+
+
+def drifted(
+    start: Any = "2020-01-01",
+    end: Any = None,
+    periods: int = 24,
+    dtype: str = "float32",
+    units: str | None = None,
+    **grid: int,
+) -> xr.Dataset:
+    """The synthetic data as a provider that changed something mid-stream delivers it: the
+    temperature in another dtype, or in other units. Windowed runs pass start and end;
+    ``grid`` overrides ny, nx or time_chunk."""
+    ds = SyntheticSource(start="2020-01-01", periods=periods, **(GRID | grid)).open(start, end)
+    temperature = ds["air_temperature"].astype(dtype)
+    if units is not None:
+        temperature = (temperature - temperature.dtype.type(273.15)).assign_attrs(
+            ds["air_temperature"].attrs | {"units": units}
+        )
+    ds["air_temperature"] = temperature
+    return ds

@@ -93,14 +93,14 @@ def test_a_killed_backfill_publishes_whole_windows_and_its_rerun_fills_the_rest(
     assert done.returncode == -9, f"the backfill was not killed:\n{done.stdout}\n{done.stderr}"
 
     repo = _repo(repo_path)
-    found = coverage(repo.readonly_session("main"), None, "time")
-    present = found.present.reshape(-1, 6)  # 8 windows of 6 hours
+    found = coverage(repo, None, "time", branch="main")
+    present = found.present().reshape(-1, 6)  # 8 windows of 6 hours
     # every window wholly present or wholly absent; the first group landed, not all of them
     assert all(row.all() or not row.any() for row in present)
     assert 0 < present.all(axis=1).sum() < 8
     stored = read_back(repo)
     expected = _expected(48)
-    hours = np.flatnonzero(found.present)
+    hours = np.flatnonzero(found.present())
     xr.testing.assert_equal(
         stored.isel(time=hours).air_temperature, expected.isel(time=hours).air_temperature
     )

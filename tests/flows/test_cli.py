@@ -128,6 +128,29 @@ def test_create_append_dry_run_and_log(tmp_path: Path, scheduler_address: str) -
     assert "2020-01-02T00:00:00" in history.stdout or "2020-01-02 00:00:00" in history.stdout
 
 
+def test_append_with_a_hole_on_gap_and_the_gap_in_the_log(
+    tmp_path: Path, scheduler_address: str
+) -> None:
+    repo_path = tmp_path / "repo"
+    common = ["--target", str(repo_path), "--scheduler-address", scheduler_address]
+    assert (
+        runner.invoke(app, ["create", *common, "--source", source_json(periods=24)]).exit_code == 0
+    )
+    late = ["--source", source_json("2020-01-02T06", 6)]  # 2020-01-02 00:00 … 05:00 missing
+
+    refused = runner.invoke(app, ["append", *common, *late])
+    assert refused.exit_code == 1
+    assert "leave a gap on its step 'h'" in refused.stderr
+
+    filled = runner.invoke(app, ["append", *common, *late, "--on-gap", "fill"])
+    assert filled.exit_code == 0, filled.output
+    back = read_back(repository(repo_path))
+    assert back.sizes["time"] == 36
+    assert back.air_temperature.isel(time=slice(24, 30)).isnull().all()
+    history = runner.invoke(app, ["log", "--target", str(repo_path)], env={"COLUMNS": "100"})
+    assert "gap: 2020-01-02T00:00:00 … 2020-01-02T05:00:00 (6 labels)" in history.stdout
+
+
 def test_region_takes_json(tmp_path: Path, scheduler_address: str) -> None:
     repo_path = tmp_path / "repo"
     common = ["--target", str(repo_path), "--scheduler-address", scheduler_address]
@@ -168,28 +191,49 @@ def test_errors_are_reported_without_a_traceback(tmp_path: Path, scheduler_addre
     assert "Traceback" not in again.output
 
 
-def test_demo_as_a_program(tmp_path: Path, prefect_harness: str) -> None:
-    """The installed console script, with its default local cluster, in a fresh directory."""
+# What a normal run must not print: Python's and Prefect's levels, and icechunk's (Rust) one.
+NOT_QUIET = ("WARNING", "ERROR", " WARN ", "Traceback")
+
+
+@pytest.mark.parametrize("api", ["temporary", "running"])
+def test_demo_as_a_program_is_quiet(tmp_path: Path, prefect_harness: str, api: str) -> None:
+    """The README's command, the installed console script, in a fresh directory: with no
+    Prefect API configured (it starts a temporary server, with a Prefect home of its own),
+    and against a running API with its lazy write forced onto a new LocalCluster (whose
+    workers' start-up and shutdown lines must not show). Either way it prints no warning
+    or error, shows the write's progress and says where the data is; the data is exact."""
     program = Path(sys.executable).with_name("icefloe")
-    env = {
-        **os.environ,
-        "PREFECT_API_URL": prefect_harness,
-        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    }
-    env.pop("ICEFLOE_SCHEDULER_ADDRESS", None)
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    for name in ("ICEFLOE_SCHEDULER_ADDRESS", "PREFECT_API_URL", "ICEFLOE_THREADS_BELOW_BYTES"):
+        env.pop(name, None)
+    if api == "temporary":
+        env["PREFECT_HOME"] = str(tmp_path / "prefect-home")
+        env["PREFECT_PROFILES_PATH"] = str(tmp_path / "prefect-home" / "profiles.toml")
+    else:
+        env["PREFECT_API_URL"] = prefect_harness
+        env["ICEFLOE_THREADS_BELOW_BYTES"] = "0"
+    work = tmp_path / "work"
+    work.mkdir()
 
     done = subprocess.run(
         [str(program), "demo", "--days", "2"],
-        cwd=tmp_path,
+        cwd=work,
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
 
-    assert done.returncode == 0, done.stdout + done.stderr
-    demo = tmp_path / "icefloe-demo"
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    noisy = [line for line in output.splitlines() if any(word in line for word in NOT_QUIET)]
+    assert not noisy, output
+    assert "distributed.worker" not in output, output
+    assert "dask tasks" in output  # the progress bar of the lazy write
+    demo = work / "icefloe-demo"
     assert str(demo) in done.stdout
     assert "xr.open_zarr" in done.stdout
+    if api == "running":
+        assert "Creating a new Dask cluster" in output  # the cluster path was taken
     expected = SyntheticSource(periods=48).open()
     xr.testing.assert_identical(read_back(repository(demo)), plain_xarray(expected, tmp_path))

@@ -12,6 +12,7 @@ import pytest
 
 from flows import Target, backfill_flow, scheduled_append_flow, write_flow
 from flows.metadata import package_version
+from tasks.coverage import Coverage, full_coverage, recorded_coverage
 from tests.conftest import plain_xarray, read_back
 from tests.flows.python_sources import GRID, synthetic
 
@@ -29,6 +30,7 @@ REQUIRED = {
     "icefloe_version",
     "run_key",
     "base_snapshot",
+    "coverage",
 }
 
 
@@ -40,6 +42,17 @@ def blocks(path: Path) -> list[dict[str, Any]]:
     repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
     snapshots = list(repo.ancestry(branch="main"))[:-1]  # the last is the repository's creation
     return [s.metadata["icefloe"] for s in reversed(snapshots)]
+
+
+def assert_coverage_recorded(path: Path) -> list[Coverage]:
+    """Every commit's coverage record equals its snapshot judged label by label."""
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(str(path)))
+    records = []
+    for snapshot in list(repo.ancestry(branch="main"))[:-1]:
+        recorded = recorded_coverage(snapshot.metadata, None, "time")
+        assert recorded == full_coverage(repo.readonly_session(snapshot_id=snapshot.id))
+        records.append(recorded)
+    return records[::-1]
 
 
 def assert_complete(block: dict[str, Any]) -> None:
@@ -80,6 +93,10 @@ def test_backfill_commits_carry_the_full_block(tmp_path: Path, scheduler_address
     assert read_back(target.open_repository()).identical(
         plain_xarray(synthetic("2020-01-01", 48), tmp_path)
     )
+    # the extension leaves a gap that the windows (two committing at a time) close
+    records = assert_coverage_recorded(tmp_path / "repo")
+    assert [(g.start, g.stop) for g in records[1].gaps] == [(12, 48)]
+    assert records[-1].gaps == ()
 
 
 def test_scheduled_append_commit_carries_the_full_block(
@@ -98,6 +115,7 @@ def test_scheduled_append_commit_carries_the_full_block(
     assert_complete(block)
     assert block["mode"] == "append"
     assert block["label_range"] == ["2020-01-01 00:00:00", "2020-01-01 23:00:00"]
+    assert assert_coverage_recorded(tmp_path / "repo")[0].n_labels == 24
 
 
 def test_write_flow_runs_the_chosen_mode_itself(tmp_path: Path, scheduler_address: str) -> None:

@@ -15,6 +15,7 @@ from flows import (
     modify_flow,
     region_flow,
     scheduled_append_flow,
+    validate_flow,
     write_flow,
 )
 
@@ -26,6 +27,7 @@ FLOWS = [
     modify_flow,
     region_flow,
     scheduled_append_flow,
+    validate_flow,
     write_flow,
 ]
 

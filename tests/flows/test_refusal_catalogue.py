@@ -33,8 +33,9 @@ import pytest
 from typer.testing import CliRunner
 
 from flows import Target, append_flow, backfill_flow, create_flow, modify_flow, region_flow
-from flows.cli import _require_branch, app
+from flows.cli import _require_branch, _spec_file, app
 from flows.sources import parse_source
+from flows.spec import init_spec, show_spec
 from flows.targets import TargetError, TargetNotFoundError, TargetUnreachableError
 from tasks.errors import (
     GroupNotFoundError,
@@ -53,6 +54,13 @@ SOURCE = {"kind": "synthetic", "start": "2020-01-01", "periods": 24, **GRID}
 LATER = {**SOURCE, "start": "2020-01-02"}
 OUTSIDE = {**SOURCE, "start": "2021-01-01"}
 BAD_JSON = '{kind: "synthetic"}'  # unquoted key: what people type first
+GAP = {**SOURCE, "start": "2020-01-03"}  # the archive ends on 2020-01-01T23: a day is missing
+
+
+def drifted(**kwargs: Any) -> dict[str, Any]:
+    """The archive's source as a provider that changed something (dtype, units) delivers it."""
+    function = "tests.flows.python_sources:drifted"
+    return {"kind": "python", "function": function, "kwargs": {**kwargs, "ny": 3, "nx": 4}}
 
 
 @dataclass(frozen=True)
@@ -126,12 +134,16 @@ def write(command: str, *extra: str, target: str = "archive", source: Any = LATE
 
 
 def read(command: str, *extra: str, target: str = "archive") -> Args:
+    """CLI arguments for a command that takes no source (``spec``: its subcommand first)."""
+
     def args(w: Where) -> list[str]:
         where = {
             "archive": w.archive,
             "missing": w.missing,
             "unreachable": json.dumps(w.unreachable),
         }[target]
+        if command == "spec":
+            return [command, extra[0], "--target", where, *extra[1:]]
         return [command, "--target", where, *extra]
 
     return args
@@ -313,6 +325,57 @@ CASES: list[Case] = [
         PlanError,
         r"cannot write to the root group: 24 label\(s\) along 'time' are already in the store"
         r".*on_overlap='skip'",
+    ),
+    # -- the group's declared spec: holes, drifting sources, structure (docs/spec.md) -------
+    Case(
+        "append-gap-on-the-step",
+        write("append", source=GAP),
+        lambda w: append_flow(w.target(), GAP, append_dim="time", scheduler_address=w.scheduler),
+        PlanError,
+        r"cannot write to the root group: the labels along 'time' leave a gap on its step 'h': "
+        r"2020-01-02T00:00:00 … 2020-01-02T23:00:00 \(24 labels\).*on_gap='stop'.*on_gap='fill'",
+    ),
+    Case(
+        "append-units-changed",
+        write("append", source=drifted(start="2020-01-02", units="degC")),
+        lambda w: append_flow(
+            w.target(),
+            drifted(start="2020-01-02", units="degC"),
+            append_dim="time",
+            scheduler_address=w.scheduler,
+        ),
+        PlanError,
+        r"variable 'air_temperature' has units 'degC' but the group's spec declares 'K'",
+    ),
+    Case(
+        "modify-structure-without-update-spec",
+        write("modify", source=drifted(dtype="float64")),
+        lambda w: modify_flow(w.target(), drifted(dtype="float64"), scheduler_address=w.scheduler),
+        PlanError,
+        r"variable 'air_temperature' would change the structure the group's spec declares "
+        r"\(dtype float32 → float64\); pass update_spec=True \(icefloe modify --update-spec\)",
+    ),
+    Case(
+        "spec-init-group-has-one",
+        read("spec", "init"),
+        lambda w: init_spec(w.target()),
+        PlanError,
+        r"the group has a spec already.*icefloe spec init --force",
+    ),
+    Case(
+        "spec-show-missing-repository",
+        read("spec", "show", target="missing"),
+        lambda w: show_spec(w.target(w.missing)),
+        TargetNotFoundError,
+        MISSING_REPO,
+    ),
+    Case(
+        "spec-init-missing-file",
+        read("spec", "init", "--from", "nope.yaml"),
+        lambda w: _spec_file(Path("nope.yaml")),
+        RequestError,
+        r"^--from nope\.yaml: cannot read the spec \(No such file or directory\)",
+        exit_code=2,
     ),
     Case(
         "create-group-exists",

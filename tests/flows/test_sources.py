@@ -615,3 +615,39 @@ def test_parse_source_forms(tmp_path: Path) -> None:
         parse_source({"kind": "synthetic", "colour": "red"})
     with pytest.raises(TypeError, match="cannot make a source"):
         parse_source(42)  # type: ignore[arg-type]
+
+
+def test_files_placeholder_names_a_file_per_period_of_the_window(daily_files: Path) -> None:
+    # a scheduled run's window starts at the last stored label (day 1, 23:00) and ends now:
+    # every day's file in between is opened, not only the first day's
+    source = FilesSource(paths=[str(daily_files / "obs_{start:%Y%m%d}.nc")])
+    assert source.resolve_paths("2020-01-01T18", "2020-01-04") == [
+        str(daily_files / f"obs_2020010{day}.nc") for day in (1, 2, 3)
+    ]
+    ds = source.open("2020-01-01T18", "2020-01-04")
+    assert_same_data(ds, SMALL.open("2020-01-01T18", "2020-01-04"))
+    # a day whose file has not arrived is left out (the late-data policy decides), and a
+    # window ending at midnight does not reach into the next day
+    (daily_files / "obs_20200102.nc").unlink()
+    assert source.resolve_paths("2020-01-01", "2020-01-04") == [
+        str(daily_files / "obs_20200101.nc"),
+        str(daily_files / "obs_20200103.nc"),
+    ]
+    assert source.resolve_paths("2020-01-03", "2020-01-04") == [
+        str(daily_files / "obs_20200103.nc")
+    ]
+    # {end} is the end of each file's period
+    (daily_files / "obs_20200103.nc").rename(daily_files / "obs_20200103_20200104.nc")
+    ranged = FilesSource(paths=[str(daily_files / "obs_{start:%Y%m%d}_{end:%Y%m%d}.nc")])
+    assert ranged.resolve_paths("2020-01-01", "2020-01-05") == [
+        str(daily_files / "obs_20200103_20200104.nc")
+    ]
+
+
+def test_files_placeholder_over_too_many_periods_asks_for_a_shorter_window(
+    daily_files: Path,
+) -> None:
+    source = FilesSource(paths=[str(daily_files / "obs_{start:%Y%m%d%H%M%S}.nc")])
+    with pytest.raises(ValueError, match="spans 2678400 of them") as info:
+        source.resolve_paths("2020-01-01", "2020-02-01")
+    assert "shorter window" in str(info.value)
