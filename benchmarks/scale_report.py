@@ -37,6 +37,15 @@ def write(results: dict[str, Any], where: Path) -> None:
     path.write_text(new)
 
 
+def keep_scale_section(path: Path, new_text: str) -> str:
+    """``new_text`` (a new RESULTS.md) with the Scale section ``path`` holds now, if any."""
+    old = path.read_text() if path.exists() else ""
+    match = re.search(re.escape(BEGIN) + r".*?" + re.escape(END), old, flags=re.S)
+    if match is None or BEGIN in new_text:
+        return new_text
+    return new_text.rstrip() + "\n\n" + match.group(0) + "\n"
+
+
 def _gb(value: float | None) -> str:
     return "—" if value is None else f"{value / 1e9:.2f} GB"
 
