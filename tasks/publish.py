@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import icechunk
 
-from tasks.commit import Metadata, backoff, commit_session
+from tasks.commit import Metadata, backoff, commit_lock, commit_session
 from tasks.errors import CommitConflictError, VerificationError
 
 if TYPE_CHECKING:
@@ -216,8 +216,6 @@ class WindowPublisher:
         metadata: Metadata | None = None,
     ) -> str:
         """Publish ``forks`` (of ``base``) with one commit; returns its snapshot id."""
-        from tasks.commit import commit_lock
-
         with commit_lock(self.repo):
             tip = self.repo.lookup_branch(self.branch)
             if tip == self._tip and base in self._clean:
