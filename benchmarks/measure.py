@@ -1006,13 +1006,15 @@ def post_commit(bench: Bench) -> dict[str, Any]:
 
     The flow path: ``scheduled_append_flow`` appending one label, its post-commit time
     read from Prefect (commit task end → run end: the coverage read from the commit's
-    record, the markdown table and the PNG published as artifacts). Beside it, the parts
-    on their own (the record computed at commit, the coverage read and drawn) and the
-    direct alternative that every run paid before: judging every label again.
+    record, its markdown table and PNG published as artifacts, and the validate subflow).
+    Beside it, the parts on their own (the record computed at commit, the coverage read
+    and drawn, the validation's checks) and the direct alternative that every run paid
+    before: judging every label again.
     """
     from flows import Target, scheduled_append_flow
     from tasks.cluster import on_scheduler
     from tasks.coverage import CoverageChange, coverage, coverage_record, full_coverage
+    from tasks.validation import validate
 
     cfg = bench.config
     sizes = list(cfg.post_commit_labels)
@@ -1028,7 +1030,14 @@ def post_commit(bench: Bench) -> dict[str, Any]:
             _labelled_archive(path, n)
         stored[n] = n
         bench.log(f"   archive of {n:,} labels written in {elapsed():.1f} s")
-    quantities = ("run", "after_commit", "record", "read_and_draw", "full_judgement")
+    quantities = (
+        "run",
+        "after_commit",
+        "record",
+        "read_and_draw",
+        "validation",
+        "full_judgement",
+    )
     samples = {n: {q: Samples() for q in quantities} for n in sizes}
 
     def append_one(n: int, first_record: bool) -> None:
@@ -1067,6 +1076,9 @@ def post_commit(bench: Bench) -> dict[str, Any]:
             found.markdown()
             found.plot(str(path / "coverage.png"))
         samples[n]["read_and_draw"].add(elapsed())
+        with stopwatch() as elapsed:  # the checks the run's validate subflow makes
+            validate(repo)
+        samples[n]["validation"].add(elapsed())
         if len(samples[n]["full_judgement"].values) < (1 if n == max(sizes) else cfg.repeats):
             with stopwatch() as elapsed:
                 judged = full_coverage(tip)

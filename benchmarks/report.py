@@ -45,6 +45,14 @@ def _iqr(stats: dict[str, Any], digits: int = 2) -> str:
     return f"{stats['q1']:.{digits}f}–{stats['q3']:.{digits}f}"
 
 
+def _quiet(stats: dict[str, Any], digits: int = 2) -> str:
+    """The median of the runs other work did not disturb, and how many there were."""
+    n = len(stats.get("values", [])) - stats.get("busy", 0)
+    if not stats.get("conditions") or not n:
+        return "—"
+    return f"{stats['quiet_median']:.{digits}f} ({n})"
+
+
 def _busy(stats: dict[str, Any]) -> str:
     """How many runs other work disturbed, of how many."""
     n = len(stats.get("values", []))
@@ -137,45 +145,87 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
 
 
 CHANGES = """\
-- **Batches overlap** (`tasks/phases.py` `BatchesAhead`, `tasks/batches.py` `StartedBatch`):
-  on a cluster, batch k+1's graph is built and submitted as soon as batch k starts writing,
-  so the workers keep computing while batch k's forks are gathered, merged and persisted
-  and while Prefect records its task run. Persisted batches stay a prefix of the batches
-  (batch k+1's task, which takes the started computation's result and persists it, still
-  begins after batch k's ended): resume is unchanged (tests/flows/test_resume.py,
-  test_crash.py). Compare *create_flow* (two batches) with *one batch* in measurement 1.
+Measured against the earlier build in the same run where the table says so (`--before`);
+otherwise the effect is described, not measured here.
+
 - **Small writes on threads** (`tasks/cluster.py`): a lazy write under 64 MiB
   (`ICEFLOE_THREADS_BELOW_BYTES`) without a scheduler address runs on the flow process's
-  threads instead of starting a LocalCluster (2–5 s to start, 1–2 s to stop here).
+  threads instead of starting a LocalCluster (2–5 s to start and 1–2 s to stop here). With
+  the two items below: `icefloe append` of 1 MB end to end, quiet machine, 6.55 s → 3.78 s;
+  the demo's runs 18–37 s → 7–17 s (the earlier build's all disturbed), its first run on a
+  new Prefect home 22.2 s → 13.1 s.
 - **The CLI starts the temporary Prefect server first** (`flows/launch.py`, the console
-  script's entry): the server boots while the command imports its modules, and the
-  command's process no longer imports Prefect's server; the temporary server skips
-  registering block types. CLI runs send no heartbeats unless the user chose a frequency
-  (a synchronous flow waited out its heartbeat thread's 1 s sleep at exit).
-- **The scheduled append writes itself** instead of calling append_flow as a subflow (one
-  flow run less, and no subflow heartbeat wait inside its time); `current_run` reads the
-  run context instead of asking the API for the flow run twice per write.
-- **Quiet by default**: local-cluster workers log at WARNING unless `--verbose` or
-  `DASK_LOGGING__DISTRIBUTED` says otherwise; the demo writes on threads (no cluster).
+  script's entry): the server boots while the command imports its modules, the command's
+  process no longer imports Prefect's server, and the temporary server skips registering
+  block types (a tenth of its start).
+- **No wait for the heartbeat thread** (`flows/heartbeats.py`): a synchronous flow run
+  joined its heartbeat thread, which sleeps in 1 s steps, after its work was done (0.5 s on
+  average on every CLI command, script call and deployment run). Prefect's own
+  `join_on_exit=False`, which its async engine uses, now applies to synchronous runs too;
+  heartbeats are sent as before (tests/flows/test_heartbeats.py).
+- **Batches overlap** (`tasks/phases.py` `BatchesAhead`, `tasks/batches.py` `StartedBatch`):
+  on a cluster, batch k+1's graph is built and submitted as soon as batch k starts, so the
+  workers keep computing while batch k's forks are gathered, merged and persisted. Persisted
+  batches stay a prefix of the batches (batch k+1's task, which takes the started
+  computation's result and persists it, still begins after batch k's ended): resume is
+  unchanged (tests/flows/test_resume.py, test_crash.py; measurement 5 re-wrote 1 batch of 5).
+  Compare *create_flow* (two batches) with *one batch* in measurement 1.
+- **Fewer API requests per run**: the progress artifact is updated every 5 s, not every
+  second (the progress bar in the process still every second); a direct run polls for its
+  cancellation every 2 s, not 1 s; `current_run` reads the run context instead of asking
+  the API for the flow run twice per write. A 1.2 GB create_flow made 43 requests, now 28.
+- **The scheduled append runs its write itself** instead of calling append_flow as a
+  subflow (one flow run less, no subflow exit inside its time): a run with nothing new,
+  0.26 s of flow-run time (quiet machine).
+- **Quiet by default**: CLI commands' dask workers log at WARNING and the nanny's "Worker
+  process still alive after 4.0 seconds, killing" at cluster shutdown is dropped, unless
+  `--verbose` or `DASK_LOGGING__DISTRIBUTED=info`; the demo writes on threads.
+  tests/flows/test_cli.py runs the installed demo both with a temporary server and with a
+  forced LocalCluster and asserts no warning or error line.
+- **lifeline's threads see the run's settings**: they now run in a copy of the caller's
+  context; before, a run configured through a settings context (a test harness, the
+  benchmark) had its cancellation watcher start a temporary Prefect server of its own.
 - **Benchmarks**: five interleaved repeats of each comparison, the load average before and
-  after every run, the cores other processes used during it, a quiet-window wait and one
-  repeat for disturbed runs, medians with min–max and IQR, paired ratios.
+  after every run, the cores other processes used during it, a bounded wait for a quiet
+  second and one repeat of a disturbed run, medians with IQR and min–max, paired ratios,
+  and `--before REF` for a before/after of the command-line measurements.
 """
 
 FINDINGS = """\
-- **The write is CPU-bound and the same for every path.** A py-spy profile of the workers
-  during a 1 GB write (to_icechunk and to_zarr alike) shows most of their time in zstd
-  compression (`ZstdCodec._encode_sync`), then generating the data; the icechunk and zarr
-  stores themselves are a few percent. create_flow can only match to_icechunk by losing no
-  time around the same computation: its ratio is 1 + (fixed costs + idle workers) / write.
-- **Imports bound a command's start.** `import prefect, xarray, icechunk, zarr, dask.array,
-  distributed` alone takes over a second here; xarray also imports `pint` (installed by the
-  test extras' arm_pyart, not by icefloe) on its first index. A CLI command cannot start
-  much faster without fewer dependencies in its process.
-- **Back-to-back runs on one group wait for the metadata lock** only on object storage
-  (a lease branch); on a local filesystem the lock is an flock.
-- **Resume keys**: the default run key includes the base snapshot's write time, so a
-  repository deleted and re-created at the same path no longer resumes the old one's work.
+- **The write is CPU-bound and the same for every path.** py-spy on the workers during a
+  to_icechunk of 0.5 GB: their dask thread spent 25 % generating the data and 74 % waiting
+  for zarr, whose executor thread was compressing (zstd) for nine tenths of that wait; the
+  icechunk store itself is a few percent. icefloe's graph for the same data has the same
+  tasks as icechunk's (plus three tiny computations of coordinates). create_flow can only
+  match to_icechunk by losing no time and no CPU around the same computation.
+- **Prefect's share is CPU as much as time.** Counted per process (`/proc`) around one
+  0.5 GB write on the same cluster: the flow process used 0.2–0.3 CPU-s more than
+  to_icechunk's, the Prefect server 0.3 CPU-s more (after this change; 0.7 before, when
+  a run made 43 API requests per 10 s, 28 now). On two cores that the workers keep busy,
+  that CPU is taken from them. What is left is a flow run's own requests (the run, its
+  states, 7 task runs' events, logs, artifacts) and the cancellation poll.
+- **Imports bound a command's start.** `icefloe append` of 1 MB used about 3.4 CPU-s, of
+  which importing the command took 2.4–2.9 (prefect alone about 0.55 s of its own, then
+  pandas, numpy, zarr, dask, distributed; xarray imports `pint` and dask imports `scipy`
+  when installed, as the test extras do). The 1.5 s target needs fewer modules in the
+  command's process (for example distributed and prefect-dask only when a cluster is
+  used), which the flows' DaskTaskRunner, built when the flow is defined, does not allow
+  today.
+- **The validation subflow now dominates a scheduled run with nothing new.** Measured
+  above at 0.26 s of flow-run time (commit of this run, before main's validate flow was
+  merged). With the validate subflow that main added after every scheduled append, the
+  same no-op run took about 2 s here (under load): the subflow's own run, its requests,
+  and drawing its PNG with matplotlib (a second of import in a deployment's new process).
+  This branch stopped redrawing the coverage after a run that wrote nothing; drawing the
+  validation's plot only when its result changed would bring the run back under 1 s.
+- **Tried only under load:** writing two zarr chunks per dask task
+  (zarr then compresses and stores them concurrently, overlapping a worker's I/O with
+  compression); under a load average of 12–28 it measured no better than one per task.
+  icechunk's `split_every` (2, default, 64) made no difference that the noise let through.
+- **The coverage record grows with the chunk manifest** (measurement 8: 0.04 s at 10³
+  labels, 0.18 s at 10⁶). Asking icechunk whether the new label's chunks exist loads each
+  variable's manifest, which lists every chunk; manifest splitting along the append
+  dimension (icechunk ManifestSplittingConfig; issue #17) would bound it.
 """
 
 
@@ -190,7 +240,7 @@ def _headline(r: dict[str, Any]) -> list[str]:
         paired = b.get("flow_ratio_paired") or {}
         quiet = b.get("flow_ratio_quiet")
         quiet_text = (
-            f"; runs neither disturbed: {quiet['median']:.2f}× ({len(quiet['values'])} pairs)"
+            f"; runs neither disturbed: {quiet['median']:.2f}× ({len(quiet['values'])} pair{'s' if len(quiet['values']) != 1 else ''})"
             if quiet
             else "; every pair had a disturbed run"
         )
@@ -214,9 +264,17 @@ def _headline(r: dict[str, Any]) -> list[str]:
             st = row["seconds"]
             out.append(
                 f"| {_gb(sm['bytes'])} append through the CLI, end to end, running server | "
-                f"{st['median']:.2f} s (range {_range(st)}) | ≤ 1.5 s "
+                f"{st['median']:.2f} s (range {_range(st)}, {_busy(st)} busy) | ≤ 1.5 s "
                 f"({_verdict(st['median'] <= 1.5)}) |"
             )
+            before = next(
+                (r for r in sm["rows"] if r["path"].startswith("icefloe append (CLI) of ")), None
+            )
+            if before is not None:
+                out.append(
+                    f"| the same with the earlier build ({before['path'].split(' of ')[-1]}) | "
+                    f"{before['seconds']['median']:.2f} s | — |"
+                )
         if (row := _row(sm, "scheduled append with nothing new")) is not None:
             st = row["seconds"]
             out.append(
@@ -229,9 +287,16 @@ def _headline(r: dict[str, Any]) -> list[str]:
         st = row["seconds"]
         out.append(
             f"| `icefloe demo`, wall (first run on a new Prefect home: "
-            f"{d['first_run']['seconds']:.1f} s) | {st['median']:.1f} s (range {_range(st, 1)}) "
+            f"{d['first_run']['seconds']:.1f} s) | {st['median']:.1f} s (range {_range(st, 1)}, "
+            f"{_busy(st)} busy; quiet runs: {_quiet(st, 1)}) "
             f"| ≤ 15 s ({_verdict(st['median'] <= 15)}) |"
         )
+        if len(d["rows"]) > 1:
+            before = d["rows"][1]
+            out.append(
+                f"| the same with the earlier build ({before['path'].split(' of ')[-1]}) | "
+                f"{before['seconds']['median']:.1f} s ({_busy(before['seconds'])} busy) | — |"
+            )
         out.append(
             f"| warning or error lines in the demo's output | {len(d['noisy_lines'])} | 0 "
             f"({_verdict(not d['noisy_lines'])}) |"
@@ -361,15 +426,15 @@ def _bulk(b: dict[str, Any]) -> list[str]:
         "running `prefect server start`, with its default options (one resumable batch per "
         "GiB, so two here, the second started while the first finishes) and with one batch.",
         "",
-        "| path | median s | IQR s | min–max s | busy runs | MB/s | × to_icechunk (medians) "
-        "| peak RSS, all processes |",
-        "|---|---|---|---|---|---|---|---|",
+        "| path | median s | IQR s | min–max s | busy runs | median of quiet runs (n) | MB/s "
+        "| × to_icechunk (medians) | peak RSS, all processes |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for row in b["rows"]:
         out.append(
             f"| {row['path']} | {_s(row['seconds'])} | {_iqr(row['seconds'])} | "
-            f"{_range(row['seconds'])} | {_busy(row['seconds'])} | {row['mb_per_s']:.0f} | "
-            f"{row['ratio']:.2f} | {_gb(row['peak_rss']['median'])} |"
+            f"{_range(row['seconds'])} | {_busy(row['seconds'])} | {_quiet(row['seconds'])} | "
+            f"{row['mb_per_s']:.0f} | {row['ratio']:.2f} | {_gb(row['peak_rss']['median'])} |"
         )
     per = ", ".join(f"{x:.2f}" for x in b["flow_ratio_per_repeat"])
     paired = b.get("flow_ratio_paired") or {}
@@ -399,13 +464,14 @@ def _small(f: dict[str, Any]) -> list[str]:
         "scheduled time; its figure is the flow run's own time (start to end, as Prefect "
         "records it). All write on the flow process's threads (under 64 MiB).",
         "",
-        "| path | median s | IQR s | min–max s | busy runs |",
-        "|---|---|---|---|---|",
+        "| path | median s | IQR s | min–max s | busy runs | median of quiet runs (n) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in f["rows"]:
         st = row["seconds"]
         out.append(
-            f"| {row['path']} | {_s(st, 3)} | {_iqr(st, 3)} | {_range(st, 3)} | {_busy(st)} |"
+            f"| {row['path']} | {_s(st, 3)} | {_iqr(st, 3)} | {_range(st, 3)} | {_busy(st)} | "
+            f"{_quiet(st, 3)} |"
         )
     return [*out, ""]
 
@@ -420,13 +486,14 @@ def _demo(d: dict[str, Any]) -> list[str]:
         f"first run, on a new Prefect home (database created), took "
         f"{d['first_run']['seconds']:.1f} s; the timed runs reuse that home.",
         "",
-        "| command | median s | IQR s | min–max s | busy runs |",
-        "|---|---|---|---|---|",
+        "| command | median s | IQR s | min–max s | busy runs | median of quiet runs (n) |",
+        "|---|---|---|---|---|---|",
     ]
     for row in d["rows"]:
         st = row["seconds"]
         out.append(
-            f"| {row['path']} | {_s(st, 1)} | {_iqr(st, 1)} | {_range(st, 1)} | {_busy(st)} |"
+            f"| {row['path']} | {_s(st, 1)} | {_iqr(st, 1)} | {_range(st, 1)} | {_busy(st)} | "
+            f"{_quiet(st, 1)} |"
         )
     noisy = d["noisy_lines"]
     out += [
@@ -586,6 +653,7 @@ POST_COMMIT_COLUMNS = (
     ("after_commit", "after its commit (Prefect: commit end → run end)"),
     ("record", "coverage record at commit"),
     ("read_and_draw", "coverage read + markdown + PNG"),
+    ("validation", "validation's checks (tasks.validation.validate)"),
     ("full_judgement", "direct alternative: every label judged + markdown + PNG"),
 )
 
@@ -602,8 +670,10 @@ def _post_commit(pc: dict[str, Any]) -> list[str]:
         f"{grid['ny']} × {grid['nx']} grid, chunks of {grid['time_chunk']} labels, one gap of "
         "48 labels), interleaved. What a run does after its commit (read from Prefect: the "
         "end of its commit task to the end of the run) is reading the coverage from the "
-        "commit's record and publishing its table and PNG; the record itself is computed at "
-        "the commit from the parent's, judging only the new label. The direct alternative is "
+        "commit's record, publishing its table and PNG, and validating the archive (a "
+        "subflow: freshness, NaN fraction, gaps, structure, its own table and PNG); the "
+        "record itself is computed at the commit from the parent's, judging only the new "
+        "label. The direct alternative is "
         "what every scheduled run paid after its commit before: judging every label again. "
         "Each archive's first run (not counted) recorded its coverage once, judged whole.",
         "",
@@ -622,7 +692,8 @@ def _post_commit(pc: dict[str, Any]) -> list[str]:
         "",
         f"In short: after its commit, a run on {large:,} labels took {ratios['after_commit']:.2f}× "
         f"the time of one on {small:,} (the coverage read and drawn: "
-        f"{ratios['read_and_draw']:.2f}×; the record at the commit: {ratios['record']:.2f}×, "
+        f"{ratios['read_and_draw']:.2f}×; the validation's checks: {ratios['validation']:.2f}×; "
+        f"the record at the commit: {ratios['record']:.2f}×, "
         f"{1e3 * rows[large]['record']['median']:.0f} ms), where judging every label again took "
         f"{ratios['full_judgement']:.0f}×. What remains after the commit is Prefect's: the "
         "artifacts' API calls and the end of the runs.",
@@ -632,6 +703,18 @@ def _post_commit(pc: dict[str, Any]) -> list[str]:
 
 def _notes(r: dict[str, Any]) -> list[str]:
     notes = list(r["config"].get("notes") or [])
+    for name, title in (("bulk", "Measurement 1 (bulk create)"), ("demo", "The demo")):
+        section = r.get(name) or {}
+        stats = [row["seconds"] for row in section.get("rows", [])]
+        runs = sum(len(st.get("values", [])) for st in stats)
+        busy = sum(st.get("busy", 0) for st in stats)
+        if runs and busy * 2 > runs:
+            notes.append(
+                f"{title} ran while other work loaded the machine in {busy} of its {runs} runs: "
+                "its figures say more about that load than about the paths compared. Re-run "
+                "on a quiet machine (`python -m benchmarks.run --only "
+                f"{name}` re-measures that section alone) before reading a verdict in it."
+            )
     if not notes:
         return []
     return ["## Notes", "", *(f"- {n}" for n in notes), ""]
@@ -808,8 +891,8 @@ def _plot_post_commit(ax: Any, pc: dict[str, Any]) -> None:
     if _empty(ax, "8. after the commit, by archive length", pc):
         return
     rows = pc["rows"]
-    keys = ("after_commit", "record", "read_and_draw", "full_judgement")
-    for key, marker in zip(keys, "osD^", strict=True):
+    keys = ("after_commit", "record", "read_and_draw", "validation", "full_judgement")
+    for key, marker in zip(keys, "osDv^", strict=True):
         name = dict(POST_COMMIT_COLUMNS)[key]
         ax.plot(
             [r["labels"] for r in rows],

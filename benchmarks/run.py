@@ -87,6 +87,12 @@ def _parser() -> argparse.ArgumentParser:
         help="other work above this share of each core makes a measurement busy (repeated)",
     )
     parser.add_argument(
+        "--wait-budget",
+        type=float,
+        default=120.0,
+        help="seconds of waiting for quiet in all (a machine that is never quiet costs this)",
+    )
+    parser.add_argument(
         "--max-wait",
         type=float,
         default=30.0,
@@ -147,7 +153,11 @@ def main(argv: list[str] | None = None) -> int:
         if not config.heartbeats:
             stack.enter_context(measure.no_heartbeats())
         address, client = _cluster(stack, args.scheduler_address)
-        conditions = Conditions(busy_per_core=args.busy_per_core, max_wait=args.max_wait)
+        conditions = Conditions(
+            busy_per_core=args.busy_per_core,
+            max_wait=args.max_wait,
+            wait_budget=args.wait_budget,
+        )
         if args.smoke:
             conditions = Conditions(busy_per_core=float("inf"), max_wait=0, retries=0)
         before = _checkout(args.before, workdir) if args.before else None
@@ -180,6 +190,7 @@ def main(argv: list[str] | None = None) -> int:
             "busy_per_core": conditions.busy_per_core,
             "threshold_cores": conditions.threshold,
             "max_wait": conditions.max_wait,
+            "wait_budget": conditions.wait_budget,
             "waited_seconds": conditions.waited,
             "retried_seconds": conditions.retried,
             "before": args.before,

@@ -85,6 +85,7 @@ class BackfillResult(BaseModel):
     windows: int
     windows_written: int
     windows_already_filled: int
+    windows_without_source_data: int  # the source had no labels there yet
     labels_present: int
     labels_total: int
     gaps: int
@@ -197,10 +198,17 @@ def backfill_flow(
     wrote = time.perf_counter()
     found = coverage(repo, group, append_dim, branch=target.branch)
     publish_coverage(found, f"backfill of {target.describe()}", target)
+    if done.without_source:
+        logger.info(
+            "backfill: the source has no labels yet in %d of the windows; left for a later "
+            "backfill (the next validation asks for it)",
+            done.without_source,
+        )
     return BackfillResult(
         windows=len(windows),
-        windows_written=len(todo),
+        windows_written=len(todo) - done.without_source,
         windows_already_filled=len(windows) - len(todo),
+        windows_without_source_data=done.without_source,
         labels_present=found.n_present,
         labels_total=found.n_labels,
         gaps=len(found.gaps),
@@ -315,15 +323,22 @@ class _Backfill:
                 f"[{empty[0].start}, {empty[0].end})",
             )
         spans = [s for s in spans if s.hi > s.lo]
-        if not spans:
-            return _Written()
         request = WriteRequest(mode="region", group=self.group, region={self.append_dim: "auto"})
         open_window = functools.partial(_open_window, self.source, self.append_dim)
         publisher = WindowPublisher(repo, branch)
         base, fork = publisher.fork()
-        # a request the group refuses is refused here, before any window is written
-        first = XarrayDatasetWriter(open_window(spans[0].start, spans[0].end), store=fork.store)
-        template = first.for_request(request).plan()
+        # a request the group refuses is refused here, before any window is written, on
+        # the first window the source has labels for
+        without_source = 0
+        for span in spans:
+            opened = open_window(span.start, span.end)
+            if opened.sizes.get(self.append_dim, 0):
+                break
+            without_source += 1
+        else:
+            return _Written(without_source=len(spans))
+        template = XarrayDatasetWriter(opened, store=fork.store).for_request(request).plan()
+        spans = spans[without_source:]
         # the chunk lengths along the dimension of the arrays the windows write (the
         # dimension's own coordinate holds the labels already and is not written)
         chunk_sizes = sorted(
@@ -374,6 +389,7 @@ class _Backfill:
             planned = time.perf_counter() - began
             written = run.run(units, base, fork)
             written.planning_seconds = planned
+            written.without_source += without_source
             return written
 
     def _commit(
@@ -471,6 +487,7 @@ class _Written:
     rebased: int = 0
     rewritten: int = 0
     planning_seconds: float = 0.0
+    without_source: int = 0  # windows the source had no labels for yet
 
 
 # How long finished units wait for their commit: a killed run loses at most about this
@@ -499,6 +516,7 @@ class _UnitRun:
     total: int
     committed: int = 0
     rewritten: int = 0
+    without_source: int = 0
     _fork_future: Future[Any] | None = field(default=None, repr=False)
     _base: str = ""
 
@@ -533,13 +551,21 @@ class _UnitRun:
                     todo.extend(self._commit_finished(finished))
                     finished, waiting_since = [], None
                     update_progress_artifact(
-                        self.progress, progress=round(100 * self.committed / self.total, 1)
+                        self.progress,
+                        progress=round(
+                            100 * (self.committed + self.without_source) / self.total, 1
+                        ),
                     )
                     logger.info("backfill: %d of %d windows committed", self.committed, self.total)
         finally:
             for future in in_flight:
                 future.cancel()
-        return _Written(self.publisher.commits, self.publisher.rebased, self.rewritten)
+        return _Written(
+            self.publisher.commits,
+            self.publisher.rebased,
+            self.rewritten,
+            without_source=self.without_source,
+        )
 
     def _wait(self, futures: list[Future[Any]], timeout: float) -> list[Future[Any]]:
         """The futures that finished, waiting up to ``timeout`` s for the first one."""
@@ -564,6 +590,12 @@ class _UnitRun:
         again: list[tuple[list[WindowSpan], int]] = []
         for base in dict.fromkeys(b for _, _, _, b in finished):
             group = [(w, u, a) for w, u, a, b in finished if b == base]
+            # windows the source had no labels for left nothing in their unit's fork
+            without_source = sum(len(w.without_source) for w, _, _ in group)
+            group = [(w, u, a) for w, u, a in group if w.windows]
+            if not group:
+                self.without_source += without_source
+                continue
             rebased = self.publisher.rebased
             try:
                 self.commit(self.publisher, base, [w for w, _, _ in group], first=self.committed)
@@ -583,6 +615,7 @@ class _UnitRun:
                 self._set_base(new_base, fork)
                 continue
             self.committed += sum(len(w.windows) for w, _, _ in group)
+            self.without_source += without_source
             if self.publisher.rebased > rebased and self._base == base:
                 # someone else committed meanwhile: units not sent yet start from the new tip,
                 # where they merge without a rebase again

@@ -192,12 +192,16 @@ def scheduled_append_flow(
             # branch unchanged: say so where users' automations listen
             announce_refused_append(target, normalize_group(group), err)
         raise
-    repo = target.open_repository(credentials=load_credentials(target))
-    publish_coverage(
-        coverage(repo, normalize_group(group), append_dim, branch=target.branch),
-        f"scheduled append of {target.describe()} at {until}",
-        target,
-    )
+    if not result.skipped:
+        # A run that wrote nothing leaves the coverage as the last run published it; drawing
+        # it again (matplotlib's import alone is about a second in a new process) would
+        # make a run with nothing new take seconds instead of a fraction of one.
+        repo = target.open_repository(credentials=load_credentials(target))
+        publish_coverage(
+            coverage(repo, normalize_group(group), append_dim, branch=target.branch),
+            f"scheduled append of {target.describe()} at {until}",
+            target,
+        )
     if validation:
         # A subflow, not an event-triggered deployment: it validates exactly the commit this
         # run made, shows as this run's child, and needs no automation service to run; the

@@ -134,16 +134,20 @@ def write_batch(
         if _window(started.batch) != _window(batch):
             raise ValueError(f"batch {started.batch.index} was started ahead, not {batch.index}")
         return started.result()
-    return _write_copy(fork, batch, split_every)
+    return _write_into(_copy(fork), batch, split_every)
 
 
-def _write_copy(
-    fork: ForkSession,
+def _copy(fork: ForkSession) -> ForkSession:
+    copy: ForkSession = pickle.loads(pickle.dumps(fork))
+    return copy
+
+
+def _write_into(
+    copy: ForkSession,
     batch: LazyBatch,
     split_every: int | None,
     cancelled: threading.Event | None = None,
 ) -> ForkSession:
-    copy: ForkSession = pickle.loads(pickle.dumps(fork))
     if not batch.writes:
         return copy
     encodings = stored_encodings(copy.store, batch.group)
@@ -183,18 +187,21 @@ class StartedBatch:
         self.batch = batch
         self._cancelled = threading.Event()
         self._future: concurrent.futures.Future[ForkSession] = concurrent.futures.Future()
+        # copied here, in the caller's thread: the fork is the workspace every batch copies,
+        # and the caller may be copying it for its own batch at the same moment
+        copy = _copy(fork)
         context = contextvars.copy_context()
         self._thread = threading.Thread(
             target=context.run,
-            args=(self._run, fork, split_every),
+            args=(self._run, copy, split_every),
             name=f"icefloe-batch-{batch.index}",
             daemon=True,
         )
         self._thread.start()
 
-    def _run(self, fork: ForkSession, split_every: int | None) -> None:
+    def _run(self, copy: ForkSession, split_every: int | None) -> None:
         try:
-            result = _write_copy(fork, self.batch, split_every, self._cancelled)
+            result = _write_into(copy, self.batch, split_every, self._cancelled)
         except BaseException as err:  # handed to whoever takes the result
             self._future.set_exception(err)
         else:

@@ -490,11 +490,11 @@ def _off_axis(
     """
     dim = found.append_dim
     ends = labels_at(session, found.group, dim, [0, found.n_labels - 1])
+    if _labels_on_step(ends[0], ends[1], step) <= found.n_labels:
+        return []
     try:
         grid = label_grid(ends[0], ends[1], step)
     except (TypeError, ValueError):
-        return []
-    if len(grid) <= found.n_labels:
         return []
     labels = stored.indexes[dim]
     missing = ~labels_in(grid, labels)
@@ -516,6 +516,21 @@ def _off_axis(
         )
         for a, b in runs
     ]
+
+
+def _labels_on_step(first: Any, last: Any, step: str) -> int:
+    """How many labels of ``step`` lie in [first, last]: arithmetic for a fixed step (an
+    hourly axis of 10⁶ labels is not built to be counted), the grid otherwise."""
+    if isinstance(first, pd.Timestamp | np.datetime64):
+        try:
+            fixed = pd.Timedelta(pd.tseries.frequencies.to_offset(step))
+            return int((pd.Timestamp(last) - pd.Timestamp(first)) // fixed) + 1
+        except (TypeError, ValueError):  # months, years: no fixed length
+            pass
+    try:
+        return len(label_grid(first, last, step))
+    except (TypeError, ValueError):
+        return 0
 
 
 def _structure(stored: StoredGroup, spec: DatasetSpec, dim: str) -> list[str]:

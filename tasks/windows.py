@@ -85,6 +85,9 @@ class UnitWritten:
     variables: tuple[str, ...]
     chunks_written: int
     bytes_written: int
+    # windows whose source has no labels yet (a file that has not arrived): not written,
+    # so the next validation finds them missing and asks again
+    without_source: tuple[tuple[int, int], ...] = ()
 
 
 OpenWindow = Callable[[pd.Timestamp, pd.Timestamp], xr.Dataset]
@@ -103,28 +106,39 @@ def write_windows(
     synchronous scheduler: the unit is the cluster's unit of work. Windows that follow
     each other without a gap are opened one by one and written as one region write (one
     plan, one verification, one lazy write for the run of windows: the same values in
-    the same chunks as writing them one after the other). A window that fails raises,
-    and nothing of the unit is published.
+    the same chunks as writing them one after the other). A window whose source has no
+    labels yet is left out. A window that fails raises, and nothing of the unit is
+    published.
     """
     copy: ForkSession = pickle.loads(pickle.dumps(fork))
     variables: set[str] = set()
     chunks = nbytes = 0
     with dask.config.set(scheduler="synchronous"):
-        for run in _contiguous(unit):
-            datasets = [open_window(w.start, w.end) for w in run]
+        opened = [(w, open_window(w.start, w.end)) for w in unit]
+        present = [(w, ds) for w, ds in opened if ds.sizes.get(dim, 0)]
+        for run in _contiguous(present):
+            datasets = [ds for _, ds in run]
             dataset = datasets[0] if len(datasets) == 1 else _concat(datasets, dim)
             plan = XarrayDatasetWriter(dataset, store=copy.store).for_request(request).write()
             variables.update(plan.variables)
             chunks += plan.chunks_written
             nbytes += plan.bytes_written
-    windows = tuple((w.lo, w.hi) for w in unit)
-    return UnitWritten(copy, windows, tuple(sorted(variables)), chunks, nbytes)
+    return UnitWritten(
+        copy,
+        tuple((w.lo, w.hi) for w, _ in present),
+        tuple(sorted(variables)),
+        chunks,
+        nbytes,
+        without_source=tuple((w.lo, w.hi) for w, ds in opened if not ds.sizes.get(dim, 0)),
+    )
 
 
-def _contiguous(unit: Sequence[WindowSpan]) -> list[list[WindowSpan]]:
-    runs: list[list[WindowSpan]] = []
-    for window in unit:
-        if runs and runs[-1][-1].hi == window.lo:
+def _contiguous(
+    windows: Sequence[tuple[WindowSpan, xr.Dataset]],
+) -> list[list[tuple[WindowSpan, xr.Dataset]]]:
+    runs: list[list[tuple[WindowSpan, xr.Dataset]]] = []
+    for window in windows:
+        if runs and runs[-1][-1][0].hi == window[0].lo:
             runs[-1].append(window)
         else:
             runs.append([window])

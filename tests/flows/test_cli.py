@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 
+import httpx
 import icechunk
 import pytest
 import xarray as xr
@@ -235,5 +237,11 @@ def test_demo_as_a_program_is_quiet(tmp_path: Path, prefect_harness: str, api: s
     assert "xr.open_zarr" in done.stdout
     if api == "running":
         assert "Creating a new Dask cluster" in output  # the cluster path was taken
+        assert "temporary Prefect server" not in output
+    else:
+        # started by the command itself (flows/launch.py), and gone with it
+        [url] = re.findall(r"temporary Prefect server on (\S+/api)", output)
+        with pytest.raises(httpx.TransportError):
+            httpx.get(f"{url}/health", timeout=2)
     expected = SyntheticSource(periods=48).open()
     xr.testing.assert_identical(read_back(repository(demo)), plain_xarray(expected, tmp_path))

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import icechunk
+import pandas as pd
 import pytest
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import (
@@ -235,3 +236,42 @@ def test_a_source_whose_dtype_drifts_is_refused_and_announced(
     assert failed["check"] == "append refused"
     assert "air_temperature" in failed["detail"]
     assert event.payload["snapshot_id"] is None
+
+
+def test_a_backfill_before_the_late_file_arrives_waits_for_it(
+    tmp_path: Path, scheduler_address: str
+) -> None:
+    """The loop without a server: a hole, a validation asking for its backfill, a backfill
+    that finds no file yet (completes, commits nothing), the file, the backfill that fills
+    it, a clean validation."""
+    from tests.deployments.test_self_healing import _write_file
+
+    incoming = tmp_path / "incoming"
+    incoming.mkdir()
+    start = pd.Timestamp("2026-01-01")
+    for k in (0, 1, 3):
+        _write_file(incoming, start, k)
+    source = {"kind": "files", "paths": [str(incoming / "obs_*.nc")]}
+    target = Target(repo=str(tmp_path / "late.icechunk"))
+    scheduled_append_flow(
+        target,
+        source,
+        scheduled_time=dt.datetime(2026, 1, 1, 0, 1),
+        scheduler_address=scheduler_address,
+        late_data="hole",
+        validation=False,
+    )
+    found = validate_flow(target, now=dt.datetime(2026, 1, 1, 0, 1), request_backfills=False)
+    assert found.gaps == 1
+    repo = icechunk.Repository.open(icechunk.local_filesystem_storage(target.repo))
+    before = repo.lookup_branch("main")
+    window = {"start": dt.datetime(2026, 1, 1, 0, 0, 10), "end": dt.datetime(2026, 1, 1, 0, 0, 15)}
+
+    early = backfill_flow(target, source, **window, scheduler_address=scheduler_address)
+
+    assert (early.windows_written, early.windows_without_source_data, early.gaps) == (0, 1, 1)
+    assert repo.lookup_branch("main") == before
+    _write_file(incoming, start, 2)  # the late delivery
+    filled = backfill_flow(target, source, **window, scheduler_address=scheduler_address)
+    assert (filled.windows_written, filled.gaps) == (1, 0)
+    assert validate_flow(target, now=dt.datetime(2026, 1, 1, 0, 1)).ok

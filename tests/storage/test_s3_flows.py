@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import binascii
 import contextlib
+import contextvars
 import json
 import os
 import subprocess
@@ -181,8 +182,11 @@ def test_concurrent_region_runs_on_disjoint_regions_both_land(
         )
         return region_flow(target, source, **run)
 
+    # Each thread runs in a copy of this context: the harness's API URL is a context
+    # setting, and a bare thread would send its run (and its Secret lookup) elsewhere.
+    contexts = [contextvars.copy_context() for _ in parts]
     with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(region, parts))
+        results = list(pool.map(lambda c, s: c.run(region, s), contexts, parts))
 
     repo = repository(s3, bucket)
     history = [snapshot.id for snapshot in repo.ancestry(branch="main")]

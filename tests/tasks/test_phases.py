@@ -9,6 +9,7 @@ from typing import Any
 
 import dask.array as da
 import icechunk
+import icechunk.dask
 import numpy as np
 import pytest
 import xarray as xr
@@ -191,6 +192,66 @@ def test_a_batch_is_retried_after_a_transient_error(
 
     assert len(attempts) == 2
     assert read_back(repo).sizes == {"time": 8, "x": 3}
+
+
+def test_each_batch_starts_the_next_one_ahead_on_a_cluster(
+    repo: icechunk.Repository, local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Batch k+1 computes while batch k finishes; its own task takes that computation."""
+    base, workspace, writer = prepared_writer(repo, pid_dataset())
+    taken: list[tuple[int, int | None]] = []
+    write_batch = tasks.batches.write_batch
+
+    def recording(fork: Any, batch: Any, *args: Any, **kwargs: Any) -> Any:
+        started = kwargs.get("started")
+        taken.append((batch.index, None if started is None else started.batch.index))
+        return write_batch(fork, batch, *args, **kwargs)
+
+    monkeypatch.setattr(tasks.batches, "write_batch", recording)
+
+    def body() -> phases.LazyWriteStats:
+        forks, stats = phases.write_lazy(writer, workspace, None, 4)
+        phases.commit(repo, "main", base, workspace, forks, "ahead", {"mode": "create"})
+        return stats
+
+    stats = on_cluster(local_cluster.scheduler_address, body)
+
+    assert stats.batches == 4
+    assert taken == [(0, None), (1, 1), (2, 2), (3, 3)]
+    stored = read_back(repo)
+    assert stored.sizes == {"time": 8, "x": 3}
+    assert os.getpid() not in set(np.unique(stored["pid"].values))
+
+
+def test_a_batch_started_ahead_that_failed_is_written_again_by_its_retry(
+    repo: icechunk.Repository, local_cluster: LocalCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    base, workspace, writer = prepared_writer(repo, pid_dataset())
+    calls: list[int] = []
+    store_dask = icechunk.dask.store_dask
+
+    def second_fails_once(*args: Any, **kwargs: Any) -> Any:
+        first_label = kwargs["regions"][0][0].start
+        calls.append(first_label)
+        if calls.count(4) == 1 and first_label == 4:  # the second batch, started ahead
+            raise icechunk.StorageError("connection reset while uploading a chunk")
+        return store_dask(*args, **kwargs)
+
+    monkeypatch.setattr(icechunk.dask, "store_dask", second_fails_once)
+    monkeypatch.setattr(
+        phases, "write_lazy_batch", phases.write_lazy_batch.with_options(retry_delay_seconds=0)
+    )
+
+    def body() -> None:
+        forks, _ = phases.write_lazy(writer, workspace, None, 2)
+        phases.commit(repo, "main", base, workspace, forks, "after a retry", {"mode": "create"})
+
+    on_cluster(local_cluster.scheduler_address, body)
+
+    assert sorted(calls) == [0, 4, 4]  # two batches, the second written again by its retry
+    stored = read_back(repo)
+    assert stored.sizes == {"time": 8, "x": 3}
+    assert (stored["pid"].values > 0).all()
 
 
 def _latest_progress_artifact() -> float:
