@@ -84,8 +84,8 @@ def _direct_units(bench: Bench, path: Path, shape: TileShape, windows: int, batc
 
     from distributed import Client, as_completed
 
-    from flows.backfill import _open_window
     from flows.sources import PythonSource
+    from flows.write import open_region_window
     from tasks.publish import WindowPublisher
     from tasks.request import WriteRequest
     from tasks.stored import StoredGroup
@@ -108,7 +108,7 @@ def _direct_units(bench: Bench, path: Path, shape: TileShape, windows: int, batc
         shared = client.scatter(fork, broadcast=True, hash=False)
         write = functools.partial(
             write_windows,
-            open_window=functools.partial(_open_window, source, "time"),
+            open_window=functools.partial(open_region_window, source, "time"),
             request=WriteRequest(mode="region", region={"time": "auto"}),
             dim="time",
         )

@@ -62,7 +62,7 @@ from flows.results import WriteResult
 from flows.sources import Source, SourceModel
 from flows.sources.window import to_timestamp
 from flows.targets import Target
-from flows.write import WriteRun, open_source, run_write
+from flows.write import WriteRun, open_region_window, open_source, run_write
 from tasks.cluster import check_scheduler, dask_client, task_runner
 from tasks.cluster import scheduler_address as resolve_scheduler_address
 from tasks.commit import Metadata
@@ -324,7 +324,7 @@ class _Backfill:
             )
         spans = [s for s in spans if s.hi > s.lo]
         request = WriteRequest(mode="region", group=self.group, region={self.append_dim: "auto"})
-        open_window = functools.partial(_open_window, self.source, self.append_dim)
+        open_window = functools.partial(open_region_window, self.source, self.append_dim)
         publisher = WindowPublisher(repo, branch)
         base, fork = publisher.fork()
         # a request the group refuses is refused here, before any window is written, on
@@ -445,14 +445,6 @@ class _Backfill:
         # lineage: each commit, not each window, a materialization of the group's asset
         materialize_commit(self.target, self.source, self.group, committed, block)
         return committed
-
-
-def _open_window(source: SourceModel, append_dim: str, start: Any, end: Any) -> xr.Dataset:
-    """A window's data for its region write (runs on a dask worker)."""
-    ds: xr.Dataset = open_source.fn(source, start, end, append_dim)
-    # variables without the append dimension (a grid mapping, static fields) are the
-    # group's already; a region write may only hold what lies in the region
-    return ds.drop_vars([n for n, v in ds.data_vars.items() if append_dim not in v.dims])
 
 
 def _parameters() -> dict[str, Any]:

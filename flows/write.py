@@ -667,6 +667,19 @@ def open_source(
     return source.open(start, end, append_dim=append_dim)
 
 
+def open_region_window(source: SourceModel, append_dim: str, start: Any, end: Any) -> xr.Dataset:
+    """A window's data for a region write, as a backfill unit opens it on a dask worker.
+
+    Defined here, not in flows/backfill.py: Prefect loads a deployment's entrypoint file
+    under a module name of its own, so a function defined there is pickled by a reference
+    the workers (and the scheduler) cannot import.
+    """
+    ds: xr.Dataset = open_source.fn(source, start, end, append_dim)
+    # variables without the append dimension (a grid mapping, static fields) are the
+    # group's already; a region write may only hold what lies in the region
+    return ds.drop_vars([n for n, v in ds.data_vars.items() if append_dim not in v.dims])
+
+
 def _scheduler(run: WriteRun) -> str | None:
     return resolve_scheduler_address(run.scheduler_address)
 
