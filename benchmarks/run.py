@@ -204,7 +204,10 @@ def main(argv: list[str] | None = None) -> int:
     (out.parent / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
     plot = out.parent / "results.png"
     report.plot(results, plot)
-    out.write_text(report.markdown(results, plot.name))
+    # the Scale section (python -m benchmarks.scale) is that benchmark's: kept as it was
+    from benchmarks.scale_report import keep_scale_section
+
+    out.write_text(keep_scale_section(out, report.markdown(results, plot.name)))
     log(f"wrote {out}, {plot} and {out.parent / 'results.json'}")
     return 0
 

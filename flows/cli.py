@@ -333,7 +333,9 @@ def backfill(
     branch: BranchOption = "main",
     group: GroupOption = None,
     append_dim: Annotated[str, typer.Option(help="The dimension to fill.")] = "time",
-    batch: Annotated[int, typer.Option(min=1, help="Windows written at a time.")] = 2,
+    batch: Annotated[
+        int, typer.Option(min=1, help="Windows in flight on the cluster at once.")
+    ] = 128,
     dry_run: DryRunOption = False,
     scheduler_address: SchedulerOption = None,
 ) -> None:

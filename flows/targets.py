@@ -30,10 +30,12 @@ from tasks.errors import (
     TargetUnreachableError,
     first_line,
 )
+from tasks.manifests import DEFAULT_COMMIT_FETCHES, REFS_PER_MANIFEST
 
 __all__ = [
     "SAFE_STORAGE_OPTION_KEYS",
     "SUPPORTED_SCHEMES",
+    "ManifestOptions",
     "Target",
     "TargetError",
     "TargetNotFoundError",
@@ -228,6 +230,29 @@ def _checked_credentials(location: _Location, credentials: Mapping[str, str]) ->
     return credentials
 
 
+class ManifestOptions(BaseModel):
+    """How the target's chunk references are laid out in manifests (docs/scale.md)."""
+
+    model_config = ConfigDict(extra="forbid", json_schema_extra=form_properties)
+
+    split_size: int | None = Field(
+        default=None,
+        ge=0,
+        description=(
+            "Chunks along the append dimension per manifest, for groups this target appends "
+            "to. Unset: the first append into a group records a size in the repository's "
+            f"configuration, chosen so that a manifest holds about {REFS_PER_MANIFEST:,} chunk "
+            "references, and every later commit keeps it. A number replaces the recorded "
+            "one; 0 keeps one manifest per array (icechunk's default)."
+        ),
+    )
+    commit_fetches: int = Field(
+        default=DEFAULT_COMMIT_FETCHES,
+        ge=1,
+        description="How many manifests a commit fetches and rewrites at the same time.",
+    )
+
+
 class Target(BaseModel):
     """An Icechunk repository and the branch a flow writes to.
 
@@ -276,6 +301,14 @@ class Target(BaseModel):
             "access_key, sas_token, bearer_token). Every process that touches the repository, "
             "Dask workers included, reads it through the Prefect API; when unset, credentials "
             "come from the environment."
+        ),
+    )
+
+    manifests: ManifestOptions = Field(
+        default_factory=ManifestOptions,
+        description=(
+            "Manifest splitting along the append dimension (on by default) and the commit's "
+            "manifest fetch concurrency."
         ),
     )
 
@@ -444,7 +477,8 @@ class Target(BaseModel):
         try:
             if create:
                 # No config here: create would persist it into the new repository.
-                return icechunk.Repository.open_or_create(storage)
+                created = icechunk.Repository.open_or_create(storage)
+                return created.reopen(config=self._repository_config())
             return icechunk.Repository.open(storage, config=self._repository_config())
         except icechunk.RepositoryNotFoundError as err:
             raise TargetNotFoundError(
@@ -467,13 +501,19 @@ class Target(BaseModel):
                 f"cannot open the repository at {where}: {first_line(err)}; check Target.repo"
             ) from err
 
-    def _repository_config(self) -> icechunk.RepositoryConfig | None:
-        """Overrides for this process only (``open`` does not persist them)."""
+    def _repository_config(self) -> icechunk.RepositoryConfig:
+        """Overrides for this process only (``open`` does not persist them); the persisted
+        configuration (manifest splitting, tasks.manifests) stays in force under them."""
+        manifest = icechunk.ManifestConfig(
+            max_concurrent_manifest_fetches_during_commit=self.manifests.commit_fetches
+        )
         tries = self.storage_options.get("max_tries")
         if tries is None:
-            return None
+            return icechunk.RepositoryConfig(manifest=manifest)
         retries = icechunk.StorageRetriesSettings(max_tries=max(1, int(tries)))
-        return icechunk.RepositoryConfig(storage=icechunk.StorageSettings(retries=retries))
+        return icechunk.RepositoryConfig(
+            manifest=manifest, storage=icechunk.StorageSettings(retries=retries)
+        )
 
     def describe(self) -> str:
         """A one-line description for logs and commit metadata; never shows a credential."""

@@ -55,6 +55,7 @@ from tasks.cluster import check_scheduler, task_runner
 from tasks.cluster import scheduler_address as resolve_scheduler_address
 from tasks.coverage import CoverageChange
 from tasks.errors import CommitConflictError, GroupNotFoundError, TargetError, TargetNotFoundError
+from tasks.manifests import SplitRule, record_split_rule, with_split_rule
 from tasks.plan import WritePlan, human_bytes
 from tasks.publish import Audit
 from tasks.request import OnGap, OnOverlap, RegionSpec, WriteMode, WriteRequest
@@ -77,6 +78,9 @@ __all__ = [
 # About one GiB per resumable batch: small enough to lose little when killed, large
 # enough that each batch keeps a cluster busy.
 BATCH_BYTES = 2**30
+# And at most this many chunks: with tiny chunks a GiB is a million of them, minutes of
+# work to lose, and a batch's fork carries a reference to every chunk it wrote.
+BATCH_CHUNKS = 250_000
 
 Encoding = dict[str, dict[str, Any]]
 """Per-variable encoding as JSON carries it (the flows' parameter type)."""
@@ -374,9 +378,14 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
     request, attempts = run.request, run.settings.start_over_attempts
     locked = request.changes_metadata and run.settings.serialize and not run.dry_run
     with serialized(run.target, request.group, enabled=locked, repo=repo):
+        repo, split_rule = _split_manifests(run, repo)
         for attempt in range(1, attempts + 1):
             try:
-                return _attempt(run, repo, dataset)
+                result = _attempt(run, repo, dataset)
+                if split_rule is not None and result.snapshot_id is not None:
+                    # recorded once the run wrote with it: a refused run changes nothing
+                    record_split_rule(repo, split_rule)
+                return result
             except CommitConflictError as err:
                 if err.overlapping or request.changes_metadata:
                     raise
@@ -393,6 +402,28 @@ def run_write(run: WriteRun, dataset: xr.Dataset | None = None) -> WriteResult:
                 )
                 time.sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _split_manifests(
+    run: WriteRun, repo: icechunk.Repository
+) -> tuple[icechunk.Repository, SplitRule | None]:
+    """An append splits its group's manifests along the append dimension (tasks.manifests):
+    the repository with that rule in force, and the rule to record once the run committed."""
+    request = run.request
+    if run.dry_run or request.mode != "append" or request.append_dim is None:
+        return repo, None
+    if run.target.branch not in repo.list_branches():
+        return repo, None
+    stored = StoredGroup(repo.readonly_session(branch=run.target.branch).store, request.group)
+    if stored.is_empty or request.append_dim not in stored.sizes:
+        return repo, None
+    return with_split_rule(
+        repo,
+        request.group,
+        request.append_dim,
+        run.target.manifests.split_size,
+        branch=run.target.branch,
+    )
 
 
 def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> WriteResult:
@@ -464,6 +495,7 @@ def _attempt(run: WriteRun, repo: icechunk.Repository, dataset: xr.Dataset) -> W
             staging_branch=staging,
             audit=_audit(repo, plan, writer.written_dataset, run) if staging else None,
             coverage=CoverageChange.of(plan),
+            base_session=session if workspace is not session else None,
         )
     except BaseException:
         # The session may be half-written; dropping its changes makes sure nothing of this
@@ -516,7 +548,11 @@ def _resume_key(run: WriteRun, repo: icechunk.Repository, base: str) -> str | No
 def _target_batches(plan: WritePlan, run: WriteRun) -> int:
     if run.settings.batches:
         return run.settings.batches
-    return max(1, math.ceil(plan.bytes_in_phase("lazy") / BATCH_BYTES))
+    return max(
+        1,
+        math.ceil(plan.bytes_in_phase("lazy") / BATCH_BYTES),
+        math.ceil(plan.chunks_in_phase("lazy") / BATCH_CHUNKS),
+    )
 
 
 def _staging_branch() -> str:
@@ -629,6 +665,19 @@ def open_source(
             start, end, append_dim=append_dim, credentials=load_credentials(source.target)
         )
     return source.open(start, end, append_dim=append_dim)
+
+
+def open_region_window(source: SourceModel, append_dim: str, start: Any, end: Any) -> xr.Dataset:
+    """A window's data for a region write, as a backfill unit opens it on a dask worker.
+
+    Defined here, not in flows/backfill.py: Prefect loads a deployment's entrypoint file
+    under a module name of its own, so a function defined there is pickled by a reference
+    the workers (and the scheduler) cannot import.
+    """
+    ds: xr.Dataset = open_source.fn(source, start, end, append_dim)
+    # variables without the append dimension (a grid mapping, static fields) are the
+    # group's already; a region write may only hold what lies in the region
+    return ds.drop_vars([n for n, v in ds.data_vars.items() if append_dim not in v.dims])
 
 
 def _scheduler(run: WriteRun) -> str | None:

@@ -49,25 +49,31 @@ def commit_session(
     message: str,
     metadata: Metadata | None = None,
     *,
-    attempts: int = 8,
+    patience: float = 600.0,
     base_delay: float = 0.05,
-    max_delay: float = 5.0,
+    max_delay: float = 2.0,
 ) -> str:
     """Commit, rebasing onto commits that landed meanwhile; returns the new snapshot id.
 
-    Raises CommitConflictError when the changes overlap another commit's, or when the
-    branch kept moving for ``attempts`` tries.
+    Raises CommitConflictError when the changes overlap another commit's. A branch that
+    merely moved is rebased onto again, with a jittered, growing delay (at most
+    ``max_delay``), for up to ``patience`` seconds: many runs committing disjoint changes
+    at once all land, one after the other, instead of some giving up and starting over
+    (which rewrites their data: the write amplification of icechunk#1205).
     """
     branch = session.branch
-    for attempt in range(1, attempts + 1):
+    deadline = time.monotonic() + patience
+    attempt = 0
+    while True:
+        attempt += 1
         described = metadata(session) if callable(metadata) else metadata
         try:
             return session.commit(message, metadata=dict(described or {}))
         except icechunk.ConflictError as err:
-            if attempt == attempts:
+            if time.monotonic() >= deadline:
                 raise CommitConflictError(
-                    f"branch {branch!r} kept moving during {attempts} commit attempts; nothing "
-                    "was published — retry later or serialize the writers",
+                    f"branch {branch!r} kept moving for {patience:.0f} s ({attempt} commit "
+                    "attempts); nothing was published — retry later or serialize the writers",
                     overlapping=False,
                 ) from err
         if attempt > 1:  # the first rebase is the expected one: the branch had moved before
@@ -85,13 +91,12 @@ def commit_session(
                 conflicts=conflicts,
                 overlapping=overlapping or not conflicts,
             ) from err
-    raise AssertionError("unreachable")
 
 
 def backoff(attempt: int, base_delay: float = 0.05, max_delay: float = 5.0) -> float:
     """A jittered, growing wait before try ``attempt + 1``: writers that lost a race to the
     same branch tip spread out instead of racing again in lockstep."""
-    return float(min(max_delay, base_delay * 2**attempt) * random.uniform(0.5, 1.5))
+    return float(min(max_delay, base_delay * 2 ** min(attempt, 16)) * random.uniform(0.5, 1.5))
 
 
 @contextmanager

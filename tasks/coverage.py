@@ -21,6 +21,7 @@ icefloe) or the record does not match the stored labels.
 from __future__ import annotations
 
 import asyncio
+import bisect
 import concurrent.futures
 import datetime as dt
 import itertools
@@ -36,7 +37,7 @@ import xarray as xr
 from tasks.stored import StoredArray, StoredGroup, array_path
 
 if TYPE_CHECKING:
-    from collections.abc import Coroutine
+    from collections.abc import Coroutine, Sequence
 
     import icechunk
 
@@ -137,6 +138,26 @@ class Coverage:
         )
 
     # -- for people --------------------------------------------------------------------------
+
+    def missing_in(self, windows: Sequence[tuple[Any, Any]]) -> np.ndarray[Any, np.dtype[np.bool_]]:
+        """``missing_between`` of many [start, end) windows at once: a binary search in the
+        gaps per window, O((windows + gaps) · log gaps), not a pass over the gaps each."""
+        if not len(windows):
+            return np.zeros(0, dtype=bool)
+        if self.first_label is None or self.last_label is None:
+            return np.ones(len(windows), dtype=bool)
+        like = windows[0][0]
+        first, last = _comparable(self.first_label, like), _comparable(self.last_label, like)
+        gap_firsts = [_comparable(g.first, like) for g in self.gaps]
+        gap_lasts = [_comparable(g.last, like) for g in self.gaps]  # sorted: gaps are disjoint
+        missing = np.zeros(len(windows), dtype=bool)
+        for i, (start, end) in enumerate(windows):
+            if end <= first or start > last:
+                missing[i] = True
+                continue
+            k = bisect.bisect_left(gap_lasts, start)  # the first gap ending at or after start
+            missing[i] = k < len(gap_firsts) and gap_firsts[k] < end
+        return missing
 
     def markdown(self) -> str:
         where = f"group {self.group!r}" if self.group else "the root group"

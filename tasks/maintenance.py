@@ -17,6 +17,15 @@ from tasks.errors import PlanError
 
 DEFAULT_MARGIN = dt.timedelta(hours=1)
 
+# What garbage collection may hold in memory. icechunk's defaults let the manifest caches
+# grow to 512 MiB compressed and 4 GiB decoded; these keep a collection of a million-chunk
+# archive with hundreds of expired snapshots well under 1 GB (benchmarks/RESULTS.md, Scale).
+GC_MEMORY: dict[str, int] = {
+    "max_snapshots_in_memory": 50,
+    "max_compressed_manifest_mem_bytes": 128 * 2**20,
+    "max_decoded_manifest_mem_bytes": 512 * 2**20,
+}
+
 
 @dataclass(frozen=True)
 class MaintenanceSummary:
@@ -68,7 +77,7 @@ def expire_and_collect(
         repo, check_cutoff(older_than, oldest_open_run, margin=margin), oldest_open_run, margin
     )
     expired = set() if dry_run else repo.expire_snapshots(cutoff)
-    summary = repo.garbage_collect(cutoff, dry_run=dry_run)
+    summary = repo.garbage_collect(cutoff, dry_run=dry_run, **GC_MEMORY)
     return MaintenanceSummary(
         cutoff=cutoff,
         snapshots_expired=len(expired),

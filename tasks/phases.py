@@ -474,6 +474,7 @@ def commit(
     staging_branch: str | None = None,
     audit: Audit | None = None,
     coverage: CoverageChange | None = None,
+    base_session: icechunk.Session | None = None,
 ) -> str:
     """Publish the run with one commit carrying ``metadata`` under ``icefloe``.
 
@@ -481,9 +482,10 @@ def commit(
     write changed, judged against the parent's record: tasks/coverage.py).
 
     A forked workspace and its batches are merged at the run's base and published
-    (rebased when the branch moved, conflicts detected); a session workspace commits
-    itself. With ``staging_branch`` the commit lands there, ``audit`` checks it, and the
-    branch moves only if it did not move meanwhile. Conflicts raise CommitConflictError,
+    (rebased when the branch moved, conflicts detected), by ``base_session`` (the run's
+    clean session at the base) when given; a session workspace commits itself. With
+    ``staging_branch`` the commit lands there, ``audit`` checks it, and the branch moves
+    only if it did not move meanwhile. Conflicts raise CommitConflictError,
     which is not retried.
     """
     logger = _logger()
@@ -505,6 +507,7 @@ def commit(
                 block,
                 staging_branch=staging_branch,
                 audit=audit,
+                session=base_session,
             )
         else:
             workspace.merge(*forks)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 
 import icechunk
 
-from tasks.commit import Metadata, backoff, commit_session
+from tasks.commit import Metadata, backoff, commit_lock, commit_session
 from tasks.errors import CommitConflictError, VerificationError
 
 if TYPE_CHECKING:
@@ -40,17 +40,28 @@ def publish(
     staging_branch: str | None = None,
     audit: Audit | None = None,
     attempts: int = 12,
+    session: icechunk.Session | None = None,
 ) -> str:
     """Merge ``changes`` (forks of ``base_snapshot``) and move ``branch`` to one new commit.
 
+    ``session``, a clean writable session of ``branch`` at ``base_snapshot`` (the one the
+    run forked its workspace from), takes the changes and commits them itself, rebased
+    over whatever landed since: one conditional write of the branch per attempt, and
+    nothing else to contend for. Without one, a session at the base exists only while
+    the branch has not moved; otherwise the changes go to a work branch at the base.
     With ``staging_branch`` the commit lands there first, ``audit(snapshot_id)`` checks
     it (raising to stop the publish; the staging branch is then kept for inspection),
     and the target moves only if it still points where the commit was built on.
     Returns the snapshot id now at the tip of ``branch``.
     """
-    if staging_branch is None and repo.lookup_branch(branch) == base_snapshot:
-        session = repo.writable_session(branch)
-        if session.snapshot_id == base_snapshot:
+    if staging_branch is None:
+        if session is None and repo.lookup_branch(branch) == base_snapshot:
+            session = repo.writable_session(branch)
+        if (
+            session is not None
+            and session.snapshot_id == base_snapshot
+            and not session.has_uncommitted_changes
+        ):
             session.merge(*changes)
             return commit_session(session, message, metadata)
     work = staging_branch or f"icefloe/rebase-{uuid.uuid4().hex[:12]}"
@@ -161,3 +172,66 @@ def run_audit(audit: Audit | None, snapshot: str, kept_on: str) -> None:
             [*err.problems, f"the audited commit {snapshot} is kept on branch {kept_on!r}"],
             group=err.group,
         ) from err
+
+
+class WindowPublisher:
+    """Publishes one run's forks group by group, one commit per group (a backfill's units).
+
+    Every group's forks descend from a *base* the run forked them from. While nobody but
+    this publisher moved the branch since that base, a group is merged straight into a
+    session at the tip: its chunks are disjoint from the groups already published (the
+    run's units never share a chunk), and no one else's commit could be overwritten. A
+    commit that landed meanwhile is caught by the commit's own rebase (conflict detection
+    against exactly the commits after that tip). Once anyone else moved the branch, forks
+    of older bases go the safe way (``publish``: merged at their base, rebased over every
+    commit since) and the run should fork new work from the new tip (``fork``).
+    """
+
+    def __init__(self, repo: icechunk.Repository, branch: str) -> None:
+        self.repo = repo
+        self.branch = branch
+        self.commits = 0
+        self.rebased = 0  # commits that had to be rebased over someone else's
+        self._tip: str | None = None  # the branch tip after this publisher's last commit
+        self._clean: set[str] = set()  # bases whose forks merge safely at _tip
+
+    def fork(self) -> tuple[str, ForkSession]:
+        """A fork of the branch tip to write new work in, and its base snapshot.
+
+        The base is marked clean: forks of it merge at the tip as long as only this
+        publisher moves the branch.
+        """
+        session = self.repo.writable_session(self.branch)
+        tip = session.snapshot_id
+        if tip != self._tip:
+            self._tip, self._clean = tip, set()
+        self._clean.add(tip)
+        return tip, session.fork()
+
+    def publish(
+        self,
+        base: str,
+        forks: Sequence[ForkSession],
+        message: str,
+        metadata: Metadata | None = None,
+    ) -> str:
+        """Publish ``forks`` (of ``base``) with one commit; returns its snapshot id."""
+        with commit_lock(self.repo):
+            tip = self.repo.lookup_branch(self.branch)
+            if tip == self._tip and base in self._clean:
+                session = self.repo.writable_session(self.branch)
+                if session.snapshot_id == tip:
+                    session.merge(*forks)
+                    snapshot = commit_session(session, message, metadata)
+                    self.commits += 1
+                    if self.repo.lookup_snapshot(snapshot).parent_id != tip:
+                        # rebased over a commit that landed meanwhile: older bases are unsafe
+                        self.rebased += 1
+                        self._clean = set()
+                    self._tip = snapshot
+                    return snapshot
+            snapshot = publish(self.repo, self.branch, base, forks, message, metadata)
+            self.commits += 1
+            self.rebased += 1
+            self._tip, self._clean = snapshot, set()
+            return snapshot

@@ -38,6 +38,10 @@ from tasks.request import OnGap, OnOverlap, WriteMode
 from tasks.spec import IRREGULAR, infer_step, step_of_timedelta
 from tasks.stored import SPEC_KEY, StoredGroup, dtype_label
 
+# Labels per chunk of the append coordinate of a group created by an append: 512 KiB of
+# int64, a few KB compressed; about seven years of hourly labels.
+APPEND_COORD_CHUNK = 2**16
+
 
 @dataclass(frozen=True)
 class _Span:
@@ -128,7 +132,9 @@ class AppendPlanner(Planner):
             }
             self.ds = apply_on_step(self.ds, dim, 1, self.on_step, _known(fills), self.problems)
         self.problems.raise_if_any()
-        planned = CreatePlanner(self.ds, self.stored, "w-", append_dim=dim).plan()
+        creator = CreatePlanner(self.ds, self.stored, "w-", append_dim=dim)
+        creator.growth_chunks = self._growth_chunks()
+        planned = creator.plan()
         assert planned.steps.template is not None  # creating a group always has one
         planned.steps.template.attrs.update(self.update_attrs)
         labels = self._labels(planned.dataset)
@@ -146,6 +152,16 @@ class AppendPlanner(Planner):
             stopped_at=self.on_step.stopped_at,
         )
         return planned
+
+    def _growth_chunks(self) -> dict[str, int]:
+        """A group an append creates is going to grow along the append dimension: its
+        coordinate is chunked for that (APPEND_COORD_CHUNK labels), not to the first
+        run's length. A first backfill window of one hour would otherwise chunk the axis
+        by the hour, and every later plan would read the axis a label per chunk."""
+        coord = self.ds.variables.get(self.append_dim)
+        if coord is None or coord.chunks is not None or coord.ndim != 1:
+            return {}  # dask-backed: its own chunks decide, as xarray requires
+        return {self.append_dim: APPEND_COORD_CHUNK}
 
     def _labels(self, ds: xr.Dataset) -> pd.Index | None:
         if self.append_dim not in ds.indexes:

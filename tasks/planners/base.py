@@ -172,6 +172,9 @@ class Planner:
         self.encoding = {str(k): dict(v) for k, v in (encoding or {}).items()}
         self.problems = Problems(stored.group)
         self.guard = SpecGuard(stored.spec, stored, self.problems)
+        # 1-D arrays created with room to grow: chunk length by name, not clamped to the
+        # array's first length (an append dimension's coordinate; see AppendPlanner)
+        self.growth_chunks: dict[str, int] = {}
 
     # -- creating arrays -------------------------------------------------------------
 
@@ -204,6 +207,8 @@ class Planner:
         requested["chunks"] = (
             tuple(min(c, max(n, 1)) for c, n in zip(chunks, variable.shape, strict=True)) or None
         )
+        if name in self.growth_chunks and variable.ndim == 1 and "chunks" not in given:
+            requested["chunks"] = (max(self.growth_chunks[name], variable.shape[0]),)
         if variable.ndim == 0:
             requested.pop("chunks")
         fill, missing = requested.get("_FillValue"), requested.get("missing_value")

@@ -290,3 +290,45 @@ def _artifacts_text(flow_run_id: str) -> str:
         )
     assert artifacts, "the run published no artifacts"
     return json.dumps([a.model_dump(mode="json") for a in artifacts])
+
+
+def test_appends_split_manifests_along_time_and_region_runs_keep_the_split(
+    tmp_path: Path, scheduler_address: str
+) -> None:
+    # 12 hours a chunk; 2 time chunks a manifest (set on the target, recorded in the repo)
+    split = Target(repo=str(tmp_path / "repo"), manifests={"split_size": 2})
+    create_flow(split, synthetic_source(periods=48), scheduler_address=scheduler_address)
+    append_flow(
+        split, synthetic_source("2020-01-03", 48), "time", scheduler_address=scheduler_address
+    )
+
+    def air_manifests() -> list[int]:
+        repo = repository(split)
+        return sorted(
+            m.num_chunk_refs
+            for m in repo.list_manifest_files(repo.lookup_branch("main"))
+            if m.num_chunk_refs == 2 or m.num_chunk_refs > 4
+        )
+
+    # 8 time chunks of the 4 variables with time, two to a manifest, and the time
+    # coordinate's 2 chunks (of 48, its first write's length) in one
+    assert air_manifests() == [2] * 17
+
+    # a run with the default target (no size given) keeps the recorded split
+    window = python_source("scaled", start="2020-01-01T12:00", periods=12)
+    region_flow(Target(repo=split.repo), window, scheduler_address=scheduler_address)
+    assert air_manifests() == [2] * 17
+    expected = xr.concat(
+        [
+            synthetic(periods=96).isel(time=slice(0, 12)),
+            scaled("2020-01-01T12:00", 12).assign(crs=synthetic()["crs"]),
+            synthetic(periods=96).isel(time=slice(24, None)),
+        ],
+        dim="time",
+        data_vars="minimal",
+        coords="minimal",
+        compat="override",
+        join="exact",
+        combine_attrs="override",
+    )
+    xr.testing.assert_identical(read_back(repository(split)), plain_xarray(expected, tmp_path))

@@ -4,6 +4,7 @@ backfilled windows, a commit made outside icefloe and two commits racing."""
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable
 
 import icechunk
@@ -61,6 +62,25 @@ def test_an_extended_axis_shows_its_unwritten_labels_as_a_gap(repo, tmp_path):
     assert "| 1 | 2000-01-05" in found.markdown()
     found.plot(str(tmp_path / "coverage.png"))
     assert (tmp_path / "coverage.png").stat().st_size > 1000
+
+
+def test_missing_in_answers_missing_between_for_every_window_at_once() -> None:
+    labels = pd.date_range("2000-01-01", periods=30, freq="D")
+
+    def gap(a: int, b: int) -> Gap:
+        return Gap(a, b, str(labels[a]), str(labels[b - 1]))
+
+    found = Coverage(
+        None, "time", 30, str(labels[0]), str(labels[-1]), (gap(3, 5), gap(17, 18), gap(29, 30))
+    )
+    edges = pd.date_range("1999-12-29", periods=14, freq="3D")  # some before and after
+    windows = [(a, b) for a, b in itertools.pairwise(edges)]
+    windows.append((pd.Timestamp("2000-01-10"), pd.Timestamp("2000-01-10")))  # empty
+
+    expected = [found.missing_between(a, b) for a, b in windows]
+    assert found.missing_in(windows).tolist() == expected
+    assert any(expected)
+    assert not all(expected)
 
 
 def _recorded(
