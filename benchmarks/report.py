@@ -224,7 +224,7 @@ FINDINGS = """\
 - **The coverage record grows with the chunk manifest** (measurement 8: 0.04 s at 10³
   labels, 0.18 s at 10⁶). Asking icechunk whether the new label's chunks exist loads each
   variable's manifest, which lists every chunk; manifest splitting along the append
-  dimension (docs/scale.md) bounds it.
+  dimension (icechunk ManifestSplittingConfig; issue #17) would bound it.
 """
 
 
