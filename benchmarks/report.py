@@ -138,7 +138,7 @@ def markdown(results: dict[str, Any], plot_name: str) -> str:
     lines += _scaling(r["scaling"])
     lines += _backfill(r["backfill"])
     lines += _post_commit(r.get("postcommit", NOT_RUN))
-    lines += ["## What changed", "", CHANGES, ""]
+    lines += ["## What changed", "", *_before_after(r), CHANGES, ""]
     lines += ["## Findings not fixed here", "", FINDINGS, ""]
     lines += _notes(r)
     return "\n".join(lines).rstrip() + "\n"
@@ -151,9 +151,8 @@ otherwise the effect is described, not measured here.
 - **Small writes on threads** (`tasks/cluster.py`): a lazy write under 64 MiB
   (`ICEFLOE_THREADS_BELOW_BYTES`) without a scheduler address runs on the flow process's
   threads instead of starting a LocalCluster (2–5 s to start and 1–2 s to stop here). With
-  the two items below: `icefloe append` of 1 MB end to end, quiet machine, 6.55 s → 3.78 s;
-  the demo's runs 18–37 s → 7–17 s (the earlier build's all disturbed), its first run on a
-  new Prefect home 22.2 s → 13.1 s.
+  the next two items it halves the CLI's small append and the demo (the table above); on a
+  quiet machine, in the full run, the append took 3.78 s and a demo 7.0 s.
 - **The CLI starts the temporary Prefect server first** (`flows/launch.py`, the console
   script's entry): the server boots while the command imports its modules, the command's
   process no longer imports Prefect's server, and the temporary server skips registering
@@ -278,7 +277,9 @@ def _headline(r: dict[str, Any]) -> list[str]:
         if (row := _row(sm, "scheduled append with nothing new")) is not None:
             st = row["seconds"]
             out.append(
-                f"| scheduled append with nothing new, flow run time | {st['median']:.2f} s "
+                f"| scheduled append with nothing new, flow run time (at "
+                f"{(r.get('conditions') or {}).get('this_commit') or '?'}; see *Findings* for "
+                f"the validate subflow since) | {st['median']:.2f} s "
                 f"(range {_range(st)}) | ≤ 1 s ({_verdict(st['median'] <= 1.0)}) |"
             )
     d = r.get("demo", {})
@@ -698,6 +699,56 @@ def _post_commit(pc: dict[str, Any]) -> list[str]:
         f"{ratios['full_judgement']:.0f}×. What remains after the commit is Prefect's: the "
         "artifacts' API calls and the end of the runs.",
     ]
+    return [*out, ""]
+
+
+def _before_after(r: dict[str, Any]) -> list[str]:
+    """The command-line measurements of this build and of an earlier one, run interleaved
+    (``--before REF``), kept under ``before_after`` when they come from a run of their own."""
+    ba = r.get("before_after")
+    if not ba:
+        return []
+    out = [
+        f"Measured by `{ba['command']}` on {ba['date']}: this build ({ba['this_commit']}) and "
+        f"{ba['before']} ({ba['before_commit']}), interleaved. {ba.get('note', '')}",
+        "",
+        "| measurement | this build, median s (range) | earlier build, median s (range) | "
+        "busy runs |",
+        "|---|---|---|---|",
+    ]
+    pairs = [
+        (
+            "small",
+            "icefloe append (CLI, new",
+            "icefloe append (CLI) of",
+            "1 MB append, CLI, end to end",
+        ),
+        ("demo", "icefloe demo (this build)", "icefloe demo of", "`icefloe demo`"),
+    ]
+    for section, mine, theirs, label in pairs:
+        rows = ba.get(section, {}).get("rows", [])
+        a = next((x for x in rows if x["path"].startswith(mine)), None)
+        b = next((x for x in rows if x["path"].startswith(theirs)), None)
+        if a is None or b is None:
+            continue
+        sa, sb = a["seconds"], b["seconds"]
+        out.append(
+            f"| {label} | {sa['median']:.2f} ({_range(sa)}) | {sb['median']:.2f} ({_range(sb)}) "
+            f"| {sa.get('busy', 0) + sb.get('busy', 0)} of "
+            f"{len(sa['values']) + len(sb['values'])} |"
+        )
+    demo = ba.get("demo", {})
+    if demo.get("first_run"):
+        before = demo.get("first_run_before")
+        busy = sum(1 for x in (demo["first_run"], before) if x and x["conditions"]["busy"])
+        out.append(
+            f"| `icefloe demo`, first run on a new Prefect home | "
+            f"{demo['first_run']['seconds']:.2f} | "
+            f"{before['seconds']:.2f} | {busy} of 2 |"
+            if before
+            else f"| `icefloe demo`, first run on a new Prefect home | "
+            f"{demo['first_run']['seconds']:.2f} | — | — |"
+        )
     return [*out, ""]
 
 
