@@ -164,6 +164,26 @@ def test_the_record_equals_a_full_judgement_through_gaps_backfills_and_a_foreign
     assert found.n_present == found.n_labels == 26
 
 
+def test_labels_a_write_took_from_its_source_are_recorded_without_reading_them_back(repo):
+    """A create and an append of every variable record their positions as holding data
+    from the plan alone: a label the source left all missing counts as present (the
+    validation's NaN fraction reports it), where reading the values back calls it a gap.
+    Labels a write leaves as fill values are still judged (the test above)."""
+    ds = cf_dataset(12)
+    blank = ds.copy(deep=True)
+    for name in DATA:
+        blank[name][[2, 10]] = np.nan
+    _recorded(repo, blank.isel(time=slice(0, 8)), lambda w: w.for_create_or_overwrite("g"))
+    _recorded(repo, blank.isel(time=slice(8, 12)), lambda w: w.for_append("g"))
+
+    record = recorded_coverage(
+        repo.lookup_snapshot(repo.lookup_branch("main")).metadata, "g", "time"
+    )
+    assert record is not None
+    assert (record.n_labels, record.gaps) == (12, ())
+    assert _gaps(full_coverage(repo.readonly_session("main"), "g")) == [(2, 3), (10, 11)]
+
+
 def test_two_windows_committed_at_once_record_both(repo):
     """The second commit is rebased onto the first: its record is computed again on top."""
     ds = cf_dataset(36)
