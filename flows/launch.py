@@ -45,7 +45,32 @@ def main() -> None:
         _start_temporary_api()
     from flows.cli import app
 
-    app()
+    code: int | str | None = 0
+    try:
+        app()
+    except SystemExit as done:
+        code = done.code
+    _exit_now(code)
+
+
+def _exit_now(code: int | str | None) -> None:
+    """Exit after the exit hooks, without the interpreter's teardown of every module.
+
+    The hooks flush what needs flushing (Prefect's logs and events, logging's handlers, the
+    temporary server's stop); tearing down numpy, pandas, zarr, icechunk, dask and Prefect
+    object by object then takes 0.6 s of a command that writes 1 MB in 4 s, and changes
+    nothing a user can see.
+    """
+    import atexit
+
+    atexit._run_exitfuncs()
+    if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
+        print(code, file=sys.stderr)
+        code = 1
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    os._exit(code or 0)
 
 
 def wait_for_temporary_api() -> None:
