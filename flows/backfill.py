@@ -582,11 +582,12 @@ class _UnitRun:
         again: list[tuple[list[WindowSpan], int]] = []
         for base in dict.fromkeys(b for _, _, _, b in finished):
             group = [(w, u, a) for w, u, a, b in finished if b == base]
-            # windows the source had no labels for left nothing in their unit's fork
-            without_source = sum(len(w.without_source) for w, _, _ in group)
+            # windows the source had no labels for left nothing in their unit's fork; a unit
+            # of only such windows is done, the others count theirs once committed (a unit
+            # written again reports its windows again)
+            self.without_source += sum(len(w.without_source) for w, _, _ in group if not w.windows)
             group = [(w, u, a) for w, u, a in group if w.windows]
             if not group:
-                self.without_source += without_source
                 continue
             rebased = self.publisher.rebased
             try:
@@ -607,7 +608,7 @@ class _UnitRun:
                 self._set_base(new_base, fork)
                 continue
             self.committed += sum(len(w.windows) for w, _, _ in group)
-            self.without_source += without_source
+            self.without_source += sum(len(w.without_source) for w, _, _ in group)
             if self.publisher.rebased > rebased and self._base == base:
                 # someone else committed meanwhile: units not sent yet start from the new tip,
                 # where they merge without a rebase again

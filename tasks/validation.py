@@ -337,11 +337,7 @@ def validate(
             "write create it)",
             group=group,
         )
-    notes: list[str] = []
-    try:
-        spec = read_spec(session.store, group)
-    except PlanError as err:
-        spec, notes = None, [f"the stored spec cannot be read: {err}"]
+    spec, notes = _stored_spec(session, group)
     dim = append_dim or (spec.append_dim if spec is not None else "time")
     if dim not in stored.arrays or stored.arrays[dim].dims != (dim,):
         raise PlanError(
@@ -394,14 +390,21 @@ def freshness(
     commit's coverage record: the one check whose outcome changes while nothing is written."""
     snapshot = repo.lookup_branch(branch)
     session = repo.readonly_session(snapshot_id=snapshot)
-    try:
-        spec = read_spec(session.store, group)
-    except PlanError:
-        spec = None
+    spec, _ = _stored_spec(session, group)
     dim = append_dim or (spec.append_dim if spec is not None else "time")
     found = coverage(repo, group, dim, snapshot_id=snapshot)
     checked_at = _naive_utc(now or dt.datetime.now(dt.UTC))
     return snapshot, _freshness(session, group, found, spec, checked_at)
+
+
+def _stored_spec(
+    session: icechunk.Session, group: str | None
+) -> tuple[DatasetSpec | None, list[str]]:
+    """The group's spec, or None and a note saying why it cannot be read."""
+    try:
+        return read_spec(session.store, group), []
+    except PlanError as err:
+        return None, [f"the stored spec cannot be read: {err}"]
 
 
 def _naive_utc(moment: dt.datetime) -> dt.datetime:
