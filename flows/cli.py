@@ -66,6 +66,16 @@ app = typer.Typer(
 console = Console()
 errors = Console(stderr=True)
 
+
+def rebind_consoles() -> None:
+    """New consoles for this process's stdout and stderr as they are now: the daemon's spare
+    (flows/daemon.py) imported this module before it took over a command's terminal, and a
+    console decides on colour when it is made."""
+    global console, errors
+    console = Console()
+    errors = Console(stderr=True)
+
+
 # Errors whose message says what to change, printed as one line; anything else (and
 # icefloe's own non-refusals, such as VerificationError) keeps its traceback.
 _USER_ERRORS = (IcefloeError, ValueError, OSError, ImportError)
@@ -456,6 +466,19 @@ def serve(
             validate_every=validate_every,
             verbose=_verbose,
         )
+
+
+@app.command()
+def daemon() -> None:
+    """Keep an imported icefloe ready, so that commands start at once (until stopped).
+
+    Commands that find its socket (ICEFLOE_DAEMON_SOCKET, default ~/.icefloe/daemon.sock)
+    and share its Prefect, dask and icefloe settings run in its warm process, with their own
+    terminal, environment and exit status; others run as before. ICEFLOE_DAEMON=0 turns
+    it off for a command. See flows/daemon.py."""
+    from flows.daemon import serve as serve_daemon
+
+    raise typer.Exit(serve_daemon())
 
 
 # -- the group's spec ---------------------------------------------------------------------------

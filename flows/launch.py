@@ -29,7 +29,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
-__all__ = ["main", "wait_for_temporary_api"]
+__all__ = ["finish", "main", "wait_for_temporary_api"]
 
 # The commands that run a flow in this process.
 _FLOW_COMMANDS = {"create", "modify", "append", "region", "backfill", "demo"}
@@ -40,8 +40,21 @@ _api_url: str | None = None
 
 
 def main() -> None:
-    """``icefloe ...``: the typer application of ``flows.cli``, after an early server start."""
-    if _runs_a_flow(sys.argv[1:]) and _no_api_configured():
+    """``icefloe ...``: in the daemon's warm process if one takes it (``flows.daemon``),
+    else the typer application of ``flows.cli`` here, after an early server start."""
+    argv = sys.argv[1:]
+    if argv[:1] == ["daemon"] and not {"--help", "-h"} & set(argv):
+        from flows.daemon import serve
+
+        _exit_now(serve())
+    needs_server = _runs_a_flow(argv) and _no_api_configured()
+    if not needs_server:
+        from flows.daemon import submit
+
+        status = submit(argv)
+        if status is not None:
+            _exit_now(status)
+    if needs_server:
         _start_temporary_api()
     from flows.cli import app
 
@@ -53,16 +66,12 @@ def main() -> None:
     _exit_now(code)
 
 
-def _exit_now(code: int | str | None) -> None:
-    """Exit after the exit hooks, without the interpreter's teardown of every module.
+def finish(code: int | str | None) -> int:
+    """Run the exit hooks and flush; the exit status ``code`` stands for.
 
     The hooks flush what needs flushing (Prefect's logs and events, logging's handlers, the
-    temporary server's stop); tearing down numpy, pandas, zarr, icechunk, dask and Prefect
-    object by object then takes 0.6 s of a command that writes 1 MB in 4 s, and changes
-    nothing a user can see.
+    temporary server's stop).
     """
-    import atexit
-
     atexit._run_exitfuncs()
     if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
         print(code, file=sys.stderr)
@@ -70,7 +79,16 @@ def _exit_now(code: int | str | None) -> None:
     for stream in (sys.stdout, sys.stderr):
         with contextlib.suppress(Exception):
             stream.flush()
-    os._exit(code or 0)
+    return code or 0
+
+
+def _exit_now(code: int | str | None) -> None:
+    """Exit after the exit hooks, without the interpreter's teardown of every module.
+
+    Tearing down numpy, pandas, zarr, icechunk, dask and Prefect object by object takes
+    0.6 s of a command that writes 1 MB in 4 s, and changes nothing a user can see.
+    """
+    os._exit(finish(code))
 
 
 def wait_for_temporary_api() -> None:
