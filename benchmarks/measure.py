@@ -19,6 +19,7 @@ import shutil
 import statistics
 import subprocess
 import sys
+import time
 import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
@@ -417,13 +418,19 @@ def small_writes(bench: Bench) -> dict[str, Any]:
         _library_create(path, first)
         return path
 
-    def cli_append(tree: Path | None) -> Callable[[], float]:
+    def cli_append(tree: Path | None, daemon: WarmDaemon | None = None) -> Callable[[], float]:
+        env = daemon.env if daemon is not None else {**flow_env, "ICEFLOE_DAEMON": "0"}
+
         def run() -> float:
             path = created()
             args = ["append", "--target", str(path), "--source", source_json]
             with stopwatch() as elapsed:
-                _run_cli(tree, args, flow_env, bench.workdir)
-            return elapsed()
+                _run_cli(tree, args, env, bench.workdir)
+            seconds = elapsed()
+            if daemon is not None:
+                # the next spare imports now: let it finish before anything else is timed
+                daemon.wait_for_spare()
+            return seconds
 
         return run
 
@@ -462,8 +469,10 @@ def small_writes(bench: Bench) -> dict[str, Any]:
         assert run.end_time is not None
         return float((run.end_time - run.start_time).total_seconds())
 
+    daemon = WarmDaemon.start(bench.workdir / "daemon", flow_env)
     paths: dict[str, Callable[[], float]] = {
         CLI_APPEND: cli_append(None),
+        CLI_APPEND_DAEMON: cli_append(None, daemon),
         "append_flow, called in this process": flow_append,
         LIBRARY_APPEND: library_append,
         SCHEDULED_NOTHING_NEW: scheduled_nothing_new,
@@ -472,11 +481,16 @@ def small_writes(bench: Bench) -> dict[str, Any]:
         paths[f"icefloe append (CLI) of {bench.before_ref}"] = cli_append(bench.before)
     times = {name: Samples() for name in paths}
     names = list(paths)
-    for rep in range(bench.config.repeats):
-        for name in _rotated(names, rep):
-            seconds, record = bench.timed(paths[name])
-            times[name].add(seconds, record)
-            bench.note(name, seconds, record)
+    try:
+        for rep in range(bench.config.repeats):
+            for name in _rotated(names, rep):
+                seconds, record = bench.timed(paths[name])
+                times[name].add(seconds, record)
+                bench.note(name, seconds, record)
+    finally:
+        daemon.stop()
+    if daemon.ran != bench.config.repeats:
+        raise RuntimeError(f"the daemon ran {daemon.ran} appends, not {bench.config.repeats}")
     return {
         "bytes": window.nbytes,
         "describe": window.describe(),
@@ -485,6 +499,52 @@ def small_writes(bench: Bench) -> dict[str, Any]:
 
 
 CLI_APPEND = "icefloe append (CLI, new process, running server)"
+CLI_APPEND_DAEMON = "icefloe append (CLI, new process, running server and icefloe daemon)"
+
+
+@dataclass
+class WarmDaemon:
+    """``icefloe daemon`` for the CLI measurement: its log says when a spare is ready."""
+
+    env: dict[str, str]
+    log: Path
+    process: subprocess.Popen[bytes]
+
+    @classmethod
+    def start(cls, home: Path, env: dict[str, str]) -> WarmDaemon:
+        home.mkdir(parents=True, exist_ok=True)
+        env = {
+            **{k: v for k, v in env.items() if k != "PYTHONDONTWRITEBYTECODE"},
+            "ICEFLOE_DAEMON_SOCKET": str(home / "daemon.sock"),
+        }
+        log = home / "daemon.log"
+        with log.open("wb") as out:
+            process = subprocess.Popen(
+                [str(Path(sys.executable).with_name("icefloe")), "daemon"],
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        daemon = cls(env, log, process)
+        daemon.wait_for_spare()
+        return daemon
+
+    @property
+    def ran(self) -> int:
+        return self.log.read_text().count(" runs icefloe ")
+
+    def wait_for_spare(self, timeout: float = 120) -> None:
+        deadline = time.monotonic() + timeout
+        while self.log.read_text().count(" ready") <= self.ran:
+            if self.process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"icefloe daemon has no spare:\n{self.log.read_text()}")
+            time.sleep(0.05)
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(30)
+
+
 LIBRARY_APPEND = "icefloe library append + commit (no Prefect)"
 SCHEDULED_NOTHING_NEW = "scheduled append with nothing new: flow run time"
 

@@ -203,7 +203,6 @@ def serve(path: Path | None = None) -> int:
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     spare: subprocess.Popen[str] | None = None
     running: list[subprocess.Popen[str]] = []
-    announced = False
     try:
         while True:
             spare = _start_spare(listener)
@@ -219,9 +218,7 @@ def serve(path: Path | None = None) -> int:
                 )
                 time.sleep(_RESTART_PAUSE_SECONDS)
                 continue
-            if not announced:
-                print(f"icefloe daemon: ready (spare process {spare.pid})", flush=True)
-                announced = True
+            print(f"icefloe daemon: process {spare.pid} ready", flush=True)
             said = spare.stdout.readline().split(maxsplit=1)
             if said and said[0] == _TAKEN:
                 print(
