@@ -382,6 +382,7 @@ class _ProgressReporter:
     """
 
     ARTIFACT_SECONDS = 5.0
+    LOG_SECONDS = 60.0
 
     def __init__(
         self,
@@ -395,6 +396,7 @@ class _ProgressReporter:
         self._stop = threading.Event()
         self._last: tuple[int, int] | None = None
         self._logged_quarter = 0
+        self._logged_at = time.monotonic()
         self._artifact: UUID | None = None
         self._artifact_at = time.monotonic()
         self._thread: threading.Thread | None = None
@@ -443,9 +445,16 @@ class _ProgressReporter:
         ):
             self._artifact_at = now
             update_progress_artifact(self._artifact, progress=round(100 * fraction, 1))
+        # The total grows as batches are submitted: a quarter is of the tasks known now, so
+        # a fraction that fell back when a batch arrived is logged again as it climbs. A
+        # long batch logs at least every LOG_SECONDS.
         quarter = int(4 * fraction)
-        if quarter > self._logged_quarter and not final:
+        self._logged_quarter = min(self._logged_quarter, quarter)
+        if not final and (
+            quarter > self._logged_quarter or now - self._logged_at >= self.LOG_SECONDS
+        ):
             self._logged_quarter = quarter
+            self._logged_at = now
             self._logger.info("write_lazy: %d of %d dask tasks finished", done, total)
         for hook in progress_hooks():
             hook(done, total)

@@ -302,3 +302,43 @@ def test_commit_conflict_raises_commit_conflict_error(repo: icechunk.Repository)
 
     with pytest.raises(CommitConflictError, match="changed the same data"):
         phases.commit.fn(repo, "main", base, second, [], "second", {"mode": "region"})
+
+
+def test_progress_lines_continue_when_later_batches_add_tasks(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A write whose next batches are submitted while it runs: the total grows, and the
+    quarters are of the tasks known at each moment, so lines keep coming to the end (a
+    1,000,000-chunk create once logged its last line at half-way, then nothing for 13 min);
+    a long stretch without a new quarter still logs once a minute."""
+    import logging
+
+    from tasks.progress import TaskCount
+
+    clock = [0.0]
+    monkeypatch.setattr(phases.time, "monotonic", lambda: clock[0])
+    count = TaskCount()
+    logger = logging.getLogger("test-progress")
+    reporter = phases._ProgressReporter(count, logger, every=1.0)
+    first, second = count.open(), count.open()
+
+    def at(seconds: float, done_first: int, done_second: int, total_second: int) -> None:
+        clock[0] = seconds
+        count.update(first, done_first, 100)
+        count.update(second, done_second, total_second)
+        reporter._report(final=False)
+
+    with caplog.at_level(logging.INFO, logger="test-progress"):
+        at(1, 30, 0, 0)  # 30 of 100: a quarter
+        at(2, 100, 0, 0)  # all known tasks done
+        at(3, 100, 0, 100)  # the next batch arrives: 100 of 200
+        at(4, 100, 60, 100)  # 160 of 200: three quarters, logged again
+        at(70, 100, 70, 100)  # a minute without a new quarter
+    lines = [r.getMessage() for r in caplog.records if r.name == "test-progress"]
+
+    assert lines == [
+        "write_lazy: 30 of 100 dask tasks finished",
+        "write_lazy: 100 of 100 dask tasks finished",
+        "write_lazy: 160 of 200 dask tasks finished",
+        "write_lazy: 170 of 200 dask tasks finished",
+    ]
