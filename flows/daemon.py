@@ -208,6 +208,7 @@ def serve(path: Path | None = None) -> int:
             spare = _start_spare(listener)
             assert spare.stdout is not None
             if spare.stdout.readline().strip() != _READY:
+                spare.stdout.close()
                 spare.wait()
                 print(
                     f"icefloe daemon: the spare process exited with status {spare.returncode} "
@@ -220,6 +221,7 @@ def serve(path: Path | None = None) -> int:
                 continue
             print(f"icefloe daemon: process {spare.pid} ready", flush=True)
             said = spare.stdout.readline().split(maxsplit=1)
+            spare.stdout.close()  # all it says; a daemon that runs for months keeps no pipes
             if said and said[0] == _TAKEN:
                 print(
                     f"icefloe daemon: process {spare.pid} runs icefloe {said[1].strip()}",
@@ -228,6 +230,7 @@ def serve(path: Path | None = None) -> int:
                 running.append(spare)
             elif said and said[0] == _STALE:
                 print("icefloe daemon: icefloe changed; starting a new spare", flush=True)
+                spare.wait()
             running = [process for process in running if process.poll() is None]
     except (KeyboardInterrupt, SystemExit):
         return 0
