@@ -174,10 +174,24 @@ def _section_contention(entry: dict[str, Any]) -> list[str]:
             f"{r['concurrent'].get('service_cpu_seconds', 0):.0f} in the shared services (dask "
             f"workers and scheduler, Prefect API): at least "
             f"{r.get('cpu_floor_seconds', 0):.1f} s on this machine's cores however they are "
-            f"scheduled. Retries seen in the logs: {_retries(r['concurrent']['retries'])}.",
+            f"scheduled. Retries seen in the logs: {_retries(r['concurrent']['retries'])}."
+            + _machine_ideal(r),
             "",
         ]
     return out
+
+
+def _machine_ideal(r: dict[str, Any]) -> str:
+    """The ideal this machine allows: the CPU the same runs took one after the other."""
+    if "sequential_cpu_floor_seconds" not in r:
+        return ""
+    seq = r["sequential"]
+    return (
+        f" One after the other, the same runs used {seq['flow_cpu_seconds']:.0f} CPU s in "
+        f"their flow processes and {seq['service_cpu_seconds']:.0f} in the services: "
+        f"{r['sequential_cpu_floor_seconds']:.1f} s of these cores with no contention at all. "
+        f"Against max(ideal, that), the runs at once took **{r['ratio_to_machine_ideal']:.2f}×**."
+    )
 
 
 def _retries(counts: dict[str, int]) -> str:

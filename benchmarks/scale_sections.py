@@ -550,14 +550,18 @@ def _region_runs(bench: Bench, new_target: Callable[[str], Any], shape: TileShap
     out: dict[str, Any] = {"runs": runs, "hours_per_run": hours}
     expected = tiles(0, runs * hours, **shape.kwargs()).compute()
     sequential_target = prepared("regions-sequential")
-    alone, done = [], []
+    alone, done, alone_cpu = [], [], 0.0
+    services_before = bench.service_cpu()
     for k in range(runs):
         proc = started(sequential_target, k)
         proc.go()
         report = proc.wait()
         alone.append(report["ended"] - report["started"])
+        alone_cpu += report["cpu_seconds"]
         done.append(proc)
-    out["sequential"] = {"wall": sum(alone), "runs": alone, "retries": counted(done)}
+    alone_services = bench.service_cpu() - services_before
+    out["sequential"] = {"wall": sum(alone), "runs": alone, "retries": counted(done),
+                         "flow_cpu_seconds": alone_cpu, "service_cpu_seconds": alone_services}  # fmt: skip
     concurrent_target = prepared("regions-concurrent")
     procs = [started(concurrent_target, k) for k in range(runs)]  # all imported, waiting
     services_before = bench.service_cpu()
@@ -582,9 +586,13 @@ def _region_runs(bench: Bench, new_target: Callable[[str], Any], shape: TileShap
         # CPU the runs needed (flow processes, workers, scheduler, Prefect API) over the
         # cores: no schedule on this machine is faster than that
         cpu_floor_seconds=(flow_cpu + services) / (os.cpu_count() or 1),
+        # the same runs one after the other needed this much CPU: with no contention at
+        # all, no schedule on these cores finishes them sooner
+        sequential_cpu_floor_seconds=(alone_cpu + alone_services) / (os.cpu_count() or 1),
         parallelism=parallelism,
         ideal_seconds=ideal,
         ratio_to_ideal=wall / ideal,
+        ratio_to_machine_ideal=wall / max(ideal, (alone_cpu + alone_services) / (os.cpu_count() or 1)),
         commits=commits,
         rebased_commits=rebased,
         runs_started_over=started_over,
