@@ -350,6 +350,12 @@ def _run(conn: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
+    # The signals the command passes on act as they would in the command's own process,
+    # even where the daemon was started with them ignored (``icefloe daemon &`` in a script
+    # starts it with SIGINT ignored, and that is inherited).
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    for signum in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
     os.chdir(header["cwd"])
     os.environ.clear()
     os.environ.update(header["env"])

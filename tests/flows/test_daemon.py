@@ -69,8 +69,13 @@ def daemon(prefect_harness: str) -> Iterator[Daemon]:
     env.pop("ICEFLOE_SCHEDULER_ADDRESS", None)
     log = home / "daemon.log"
     with log.open("wb") as out:
+        # with SIGINT ignored, as `icefloe daemon &` in a script starts it: the commands it
+        # runs must still answer Ctrl-C
         process = subprocess.Popen(
-            [str(PROGRAM), "daemon"], env=env, stdout=out, stderr=subprocess.STDOUT
+            ["sh", "-c", f'trap "" INT; exec "{PROGRAM}" daemon'],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
     running = Daemon(env, log, process)
     try:
