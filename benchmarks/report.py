@@ -191,6 +191,13 @@ otherwise the effect is described, not measured here.
 - **The CLI exits without the interpreter's teardown** (`flows/launch.py`): after the exit
   hooks (Prefect's log and event flush, the temporary server's stop), tearing down every
   imported module took 0.6 s of each command.
+- **`icefloe daemon`** (`flows/daemon.py`, session 5): the command's imports (2.5–3.5 s)
+  happen ahead of time in a spare process that waits on a Unix socket; `icefloe` (its
+  launcher imports only the standard library) hands the spare its arguments, environment,
+  working directory and its own stdin, stdout and stderr, and forwards its signals. One
+  spare per command, so each command still has a process of its own; commands with other
+  settings or after a code change run by themselves. The small-write table measures the
+  CLI both ways.
 - **Quiet by default**: CLI commands' dask workers log at WARNING and the nanny's "Worker
   process still alive after 4.0 seconds, killing" at cluster shutdown is dropped, unless
   `--verbose` or `DASK_LOGGING__DISTRIBUTED=info`; the demo writes on threads.
@@ -218,15 +225,13 @@ FINDINGS = """\
   a run made 43 API requests per 10 s, 28 now). On two cores that the workers keep busy,
   that CPU is taken from them. What is left is a flow run's own requests (the run, its
   states, 7 task runs' events, logs, artifacts) and the cancellation poll.
-- **Imports bound a command's start.** `icefloe append` of 1 MB took 4.6 s on a quiet
-  machine (this run, before the teardown change above), of which importing the command
-  took 2.6–3.4 s and the interpreter's teardown 0.6 s; the flow itself, called in a warm
-  process, 0.7 s. Prefect alone takes about 1.2 s to import, then pandas, numpy, zarr,
-  icechunk, dask, distributed; xarray imports `pint` and dask imports `scipy` when
-  installed, as the test extras do. The 1.5 s target needs fewer modules in the
-  command's process (for example distributed and prefect-dask only when a cluster is
-  used), which the flows' DaskTaskRunner, built when the flow is defined, does not allow
-  today.
+- **Imports bound a command's start.** Importing the command takes 2.6–3.4 s on a quiet
+  machine: Prefect alone about 1.2 s, then pandas, numpy, zarr, icechunk, dask,
+  distributed (xarray imports `pint` and dask `scipy` when installed, as the test extras
+  do); the flow itself, called in a warm process, 0.6–0.7 s. No command that imports
+  them can append 1 MB in 1.5 s here, hence the daemon's warm spare. A forked warm
+  parent would be faster still but is unsafe: importing icechunk starts its Tokio
+  runtime's worker threads, which a forked child would not have.
 - **Tried only under load:** writing two zarr chunks per dask task
   (zarr then compresses and stores them concurrently, overlapping a worker's I/O with
   compression); under a load average of 12–28 it measured no better than one per task.
