@@ -40,7 +40,13 @@ import time
 
 import psutil
 
-__all__ = ["CANCEL_GRACE_SECONDS", "CANCEL_POLL_SECONDS", "LIFELINE_ENV", "ensure_lifeline"]
+__all__ = [
+    "CANCEL_GRACE_SECONDS",
+    "CANCEL_POLL_SECONDS",
+    "LIFELINE_ENV",
+    "ensure_lifeline",
+    "start_watchdog",
+]
 
 LIFELINE_ENV = "ICEFLOE_LIFELINE"
 POLL_SECONDS = 0.5
@@ -63,11 +69,19 @@ _process: subprocess.Popen[bytes] | None = None
 
 def ensure_lifeline() -> None:
     """Start this process's watchdog if it is not running yet (cheap to call often)."""
-    global _started_for, _process
     if os.environ.get(LIFELINE_ENV, "1").lower() in ("0", "false", "no", "off"):
         return
     _watch_cancellation()
     _arm_stop_deadline()
+    start_watchdog()
+
+
+def start_watchdog() -> None:
+    """Start the watchdog process alone (the daemon's spare does it before a command
+    arrives); ``ensure_lifeline`` then finds it running."""
+    global _started_for, _process
+    if os.environ.get(LIFELINE_ENV, "1").lower() in ("0", "false", "no", "off"):
+        return
     with _lock:
         if _started_for == os.getpid() and _process is not None and _process.poll() is None:
             return
