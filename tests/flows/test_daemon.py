@@ -80,6 +80,7 @@ def daemon(prefect_harness: str) -> Iterator[Daemon]:
     running = Daemon(env, log, process)
     try:
         wait_until(lambda: "ready" in running.said(), 120, "the daemon's first spare")
+        assert "warm-up failed" not in running.said(), running.said()
         yield running
     finally:
         process.terminate()
