@@ -378,6 +378,7 @@ def _take(
 
 
 def _run(conn: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
+    daemon_stderr = os.dup(2)
     for target, fd in enumerate(fds):
         os.dup2(fd, target)
         os.close(fd)
@@ -405,18 +406,36 @@ def _run(conn: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
     _bind_to_terminal()
 
     from flows.cli import app
-    from flows.launch import finish
+    from flows.launch import exit_status
 
     code: int | str | None = 0
     try:
         app()
     except SystemExit as done:
         code = done.code
-    status = finish(code)
+    status = exit_status(code)
+    # The command is done once its output is: give the terminal back and answer now.
+    # Prefect's exit hooks then send the last logs and events to the API from here (a
+    # quarter of a second), with anything they print going to the daemon's log; the
+    # caller, which may be reading the command's pipes to their end, need not wait.
+    _release_terminal(daemon_stderr)
     finished.set()
     with contextlib.suppress(OSError):
         conn.sendall(json.dumps({"exit": status}).encode() + b"\n")
+    conn.close()
+    import atexit
+
+    atexit._run_exitfuncs()
     os._exit(status)
+
+
+def _release_terminal(daemon_stderr: int) -> None:
+    null = os.open(os.devnull, os.O_RDWR)
+    os.dup2(null, 0)
+    os.dup2(daemon_stderr, 1)
+    os.dup2(daemon_stderr, 2)
+    os.close(null)
+    os.close(daemon_stderr)
 
 
 def _bind_to_terminal() -> None:

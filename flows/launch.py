@@ -29,7 +29,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
-__all__ = ["finish", "main", "wait_for_temporary_api"]
+__all__ = ["exit_status", "finish", "main", "wait_for_temporary_api"]
 
 # The commands that run a flow in this process.
 _FLOW_COMMANDS = {"create", "modify", "append", "region", "backfill", "demo"}
@@ -73,6 +73,11 @@ def finish(code: int | str | None) -> int:
     temporary server's stop).
     """
     atexit._run_exitfuncs()
+    return exit_status(code)
+
+
+def exit_status(code: int | str | None) -> int:
+    """The status ``sys.exit(code)`` stands for, its message printed; streams flushed."""
     if isinstance(code, str):  # sys.exit("message"): the message on stderr, status 1
         print(code, file=sys.stderr)
         code = 1
