@@ -405,15 +405,9 @@ def _run(conn: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
     threading.Thread(target=watch, name="icefloe-daemon-caller", daemon=True).start()
     _bind_to_terminal()
 
-    from flows.cli import app
-    from flows.launch import exit_status
+    from flows.launch import exit_status, run_app
 
-    code: int | str | None = 0
-    try:
-        app()
-    except SystemExit as done:
-        code = done.code
-    status = exit_status(code)
+    status = exit_status(run_app())
     # The command is done once its output is: give the terminal back and answer now.
     # Prefect's exit hooks then send the last logs and events to the API from here (a
     # quarter of a second), with anything they print going to the daemon's log; the

@@ -29,7 +29,7 @@ import tomllib
 import urllib.request
 from pathlib import Path
 
-__all__ = ["exit_status", "finish", "main", "wait_for_temporary_api"]
+__all__ = ["exit_status", "finish", "main", "run_app", "wait_for_temporary_api"]
 
 # The commands that run a flow in this process.
 _FLOW_COMMANDS = {"create", "modify", "append", "region", "backfill", "demo"}
@@ -47,23 +47,26 @@ def main() -> None:
         from flows.daemon import serve
 
         _exit_now(serve())
-    needs_server = _runs_a_flow(argv) and _no_api_configured()
-    if not needs_server:
+    if _runs_a_flow(argv) and _no_api_configured():
+        _start_temporary_api()  # a daemon's spare is for a running server
+    else:
         from flows.daemon import submit
 
         status = submit(argv)
         if status is not None:
             _exit_now(status)
-    if needs_server:
-        _start_temporary_api()
+    _exit_now(run_app())
+
+
+def run_app() -> int | str | None:
+    """Run ``flows.cli``'s typer application on ``sys.argv``; the code it exits with."""
     from flows.cli import app
 
-    code: int | str | None = 0
     try:
         app()
     except SystemExit as done:
-        code = done.code
-    _exit_now(code)
+        return done.code
+    return 0
 
 
 def finish(code: int | str | None) -> int:
