@@ -274,27 +274,37 @@ def _headline(r: dict[str, Any]) -> list[str]:
                 out.append(f"| {label} | {row['ratio']:.2f}× | — |")
     sm = r.get("small", {})
     if sm and not sm.get("skipped"):
-        if (row := _row(sm, "icefloe append (CLI, new process, running server and")) is not None:
-            st = row["seconds"]
-            out.append(
-                f"| {_gb(sm['bytes'])} append through the CLI, end to end, running server, "
-                f"`icefloe daemon` running | {st['median']:.2f} s (range {_range(st)}, "
-                f"{_busy(st)} busy) | ≤ 1.5 s ({_verdict(st['median'] <= 1.5)}) |"
-            )
-        if (row := _row(sm, "icefloe append (CLI, new process, running server)")) is not None:
-            st = row["seconds"]
-            out.append(
-                f"| the same without the daemon (the command imports everything itself) | "
-                f"{st['median']:.2f} s (range {_range(st)}, {_busy(st)} busy) | — |"
-            )
-            before = next(
-                (r for r in sm["rows"] if r["path"].startswith("icefloe append (CLI) of ")), None
-            )
-            if before is not None:
-                out.append(
-                    f"| the same with the earlier build ({before['path'].split(' of ')[-1]}) | "
-                    f"{before['seconds']['median']:.2f} s | — |"
+        cli_rows = (
+            (
+                "icefloe append (CLI, new process, running server and",
+                f"{_gb(sm['bytes'])} append through the CLI, end to end, running server, "
+                "`icefloe daemon` running",
+                1.5,
+            ),
+            (
+                "icefloe append (CLI, new process, running server)",
+                "the same without the daemon (the command imports everything itself)",
+                None,
+            ),
+        )
+        for start, label, target in cli_rows:
+            if (row := _row(sm, start)) is not None:
+                st = row["seconds"]
+                verdict = (
+                    "—" if target is None else f"≤ {target} s ({_verdict(st['median'] <= target)})"
                 )
+                out.append(
+                    f"| {label} | {st['median']:.2f} s (range {_range(st)}, "
+                    f"{_busy(st)} busy) | {verdict} |"
+                )
+        before = next(
+            (r for r in sm["rows"] if r["path"].startswith("icefloe append (CLI) of ")), None
+        )
+        if before is not None:
+            out.append(
+                f"| the same with the earlier build ({before['path'].split(' of ')[-1]}) | "
+                f"{before['seconds']['median']:.2f} s | — |"
+            )
         if (row := _row(sm, "scheduled append with nothing new")) is not None:
             st = row["seconds"]
             out.append(
