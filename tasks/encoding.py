@@ -16,6 +16,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 from xarray.backends.zarr import encode_zarr_variable
+from zarr.codecs import BloscCodec
 
 # Encoding keys that change the stored values; the rest (chunks, compressors, ...)
 # describe the array layout, which already exists.
@@ -28,6 +29,23 @@ VALUE_ENCODING_KEYS = (
     "_FillValue",
     "missing_value",
 )
+
+
+def default_compressors(dtype: np.dtype[Any]) -> tuple[BloscCodec, ...] | None:
+    """The compressors of an array a write creates when its encoding names none.
+
+    zarr's default is zstd at level 3 on the values' bytes as they are. For 2- and 4-byte
+    numbers (float32 fields, packed int16) Blosc's shuffle first groups the bytes of every
+    value by significance, so the slowly varying high bytes compress together; with zstd
+    at level 2 behind it, the corpus's float32 arrays store 7 % smaller and compress 1.7×
+    faster, its int16 ones the same size at the same speed (docs/modes.md, "Default
+    compression"). The corpus's 8-byte values compress a third worse shuffled (zstd finds
+    their exact repeats unshuffled), so they, strings and bytes keep zarr's default: None.
+    """
+    if dtype.kind not in "iuf" or dtype.itemsize not in (2, 4):
+        return None
+    # typesize and shuffle left to zarr, which takes them from the array's dtype
+    return (BloscCodec(cname="zstd", clevel=2),)
 
 
 def value_encoding(encoding: Mapping[str, Any]) -> dict[str, Any]:

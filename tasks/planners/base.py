@@ -23,7 +23,12 @@ from tasks.chunking import (
     default_zarr_chunks,
     full_region,
 )
-from tasks.encoding import encode_for_store, fill_values_equal, time_encoding_for
+from tasks.encoding import (
+    default_compressors,
+    encode_for_store,
+    fill_values_equal,
+    time_encoding_for,
+)
 from tasks.errors import PlanError
 from tasks.plan import (
     ArrayAction,
@@ -286,6 +291,8 @@ class Planner:
             enc = self._create_encoding(name, variable)
             chunks = tuple(enc.get("chunks") or ())
             dtype = self._planned_dtype(name, variable, enc)
+            if "compressors" not in enc and (compressors := default_compressors(dtype)):
+                enc["compressors"] = compressors
             region = full_region(variable.shape)
             if is_lazy(variable):
                 data = (

@@ -12,6 +12,8 @@ from pathlib import Path
 import icechunk
 import pytest
 import xarray as xr
+import zarr
+from zarr.codecs import BloscCodec
 
 from tasks.errors import PlanError
 from tasks.writer import XarrayDatasetWriter, to_icechunk
@@ -52,6 +54,12 @@ def test_create_in_one_go(corpus_file: CorpusFile, repo, tmp_path: Path) -> None
     # compared with to_zarr of the same lazy dataset: xarray itself spells cftime units
     # differently for dask-backed ("hours since 1970-01-01 00:00:00") and in-memory values
     assert_same_as_to_zarr(repo, "g", lazy, tmp_path, "create")
+    # ... though icefloe stores numbers with its own default compressors, not to_zarr's
+    store = repo.readonly_session(branch="main").store
+    for name in lazy.variables:
+        array = zarr.open_array(store, path=f"g/{name}", mode="r")
+        shuffled = array.dtype.kind in "iuf" and array.dtype.itemsize in (2, 4)
+        assert isinstance(array.compressors[0], BloscCodec) == shuffled, (name, array.compressors)
 
 
 def test_append_in_pieces_then_overlapping_reruns(
