@@ -33,6 +33,7 @@ import pandas as pd
 import zarr
 from distributed import Client
 
+from benchmarks.codecs import compare as compare_codecs
 from benchmarks.data import Shape, source_spec
 from benchmarks.infra import (
     ROOT,
@@ -223,7 +224,11 @@ def write_library(bench: Bench, shape: Shape, path: Path) -> None:
 
 
 def write_create_flow(
-    bench: Bench, shape: Shape, path: Path, options: dict[str, Any] | None = None
+    bench: Bench,
+    shape: Shape,
+    path: Path,
+    options: dict[str, Any] | None = None,
+    encoding: dict[str, dict[str, Any]] | None = None,
 ) -> Any:
     from flows import Target, create_flow
     from flows.write import RunOptions
@@ -235,7 +240,15 @@ def write_create_flow(
         source_spec(shape),
         scheduler_address=bench.scheduler_address,
         options=RunOptions(**(options or {})),
+        encoding=encoding,
     )
+
+
+def zarr_default_compressors(shape: Shape) -> dict[str, dict[str, Any]]:
+    """create_flow's encoding that stores every variable with zarr's default compressor, as
+    to_icechunk does: the same write with the same codec (JSON, as the UI would send it)."""
+    zstd = {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+    return {name: {"compressors": [zstd]} for name in shape.open().data_vars}
 
 
 BULK_PATHS: dict[str, Callable[[Bench, Shape, Path], Any]] = {
@@ -247,28 +260,42 @@ BULK_PATHS: dict[str, Callable[[Bench, Shape, Path], Any]] = {
     "icefloe create_flow, RunOptions(batches=1)": lambda bench, shape, path: write_create_flow(
         bench, shape, path, {"batches": 1}
     ),
+    "icefloe create_flow, zarr's default compressors": lambda bench, shape, path: write_create_flow(
+        bench, shape, path, encoding=zarr_default_compressors(shape)
+    ),
 }
 REFERENCE = "icechunk.xarray.to_icechunk + commit"
 FLOW = "icefloe create_flow (Prefect)"
+SAME_CODEC_FLOW = "icefloe create_flow, zarr's default compressors"
+
+
+@dataclass
+class TimedWrite:
+    seconds: float
+    conditions: dict[str, Any]
+    rss: RssSampler
+    stored_bytes: int  # what the write left on disk
 
 
 def _timed_write(
     bench: Bench, write: Callable[[Bench, Shape, Path], Any], shape: Shape
-) -> tuple[float, dict[str, Any], RssSampler]:
+) -> TimedWrite:
     """One write into a new path, timed with the machine's conditions and the peak RSS;
-    the path is removed afterwards, outside the timing."""
-    sampler: list[RssSampler] = []
+    its size is taken and the path removed afterwards, outside the timing."""
+    done: list[tuple[RssSampler, int]] = []
 
     def run() -> float:
         path = fresh_dir(bench.workdir, "write")
         with RssSampler(extra_pids=bench.worker_pids()) as rss, stopwatch() as elapsed:
             write(bench, shape, path)
+        stored = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         shutil.rmtree(path, ignore_errors=True)
-        sampler.append(rss)
+        done.append((rss, stored))
         return elapsed()
 
     seconds, record = bench.timed(run)
-    return seconds, record, sampler[-1]
+    rss, stored = done[-1]
+    return TimedWrite(seconds, record, rss, stored)
 
 
 # -- 1. bulk create ------------------------------------------------------------------------------
@@ -279,15 +306,23 @@ def bulk_create(bench: Bench) -> dict[str, Any]:
     bench.log(f"1. bulk create of {shape.nbytes / 1e9:.2f} GB: {shape.describe()}")
     times = {name: Samples() for name in BULK_PATHS}
     peaks = {name: Samples(unit="B") for name in BULK_PATHS}
+    stored = {name: 0 for name in BULK_PATHS}
     names = list(BULK_PATHS)
     for rep in range(bench.config.repeats):
         for name in _rotated(names, rep):
-            seconds, record, rss = _timed_write(bench, BULK_PATHS[name], shape)
-            times[name].add(seconds, record)
-            peaks[name].add(rss.peak)
-            bench.note(name, seconds, record, f", peak RSS {rss.peak / 1e9:.2f} GB")
+            done = _timed_write(bench, BULK_PATHS[name], shape)
+            times[name].add(done.seconds, done.conditions)
+            peaks[name].add(done.rss.peak)
+            stored[name] = done.stored_bytes
+            bench.note(
+                name, done.seconds, done.conditions, f", peak RSS {done.rss.peak / 1e9:.2f} GB"
+            )
     reference = times[REFERENCE].median
-    per_repeat = [f / r for f, r in zip(times[FLOW].values, times[REFERENCE].values, strict=True)]
+
+    def paired(name: str) -> list[float]:
+        return [f / r for f, r in zip(times[name].values, times[REFERENCE].values, strict=True)]
+
+    per_repeat = paired(FLOW)
     return {
         "shape": asdict(shape),
         "describe": shape.describe(),
@@ -300,6 +335,7 @@ def bulk_create(bench: Bench) -> dict[str, Any]:
                 "ratio": times[name].median / reference,
                 "peak_rss": peaks[name].as_dict(),
                 "is_write": name != "generate only (no write)",
+                "stored_bytes": stored[name],
             }
             for name in names
         ],
@@ -307,6 +343,8 @@ def bulk_create(bench: Bench) -> dict[str, Any]:
         "flow_ratio_per_repeat": per_repeat,
         "flow_ratio_paired": _spread(per_repeat),
         "flow_ratio_quiet": _quiet_ratios(times[FLOW], times[REFERENCE]),
+        "same_codec_ratio_paired": _spread(paired(SAME_CODEC_FLOW)),
+        "codecs": compare_codecs(shape),
     }
 
 
@@ -731,13 +769,16 @@ def scaling(bench: Bench, bulk: dict[str, Any] | None = None) -> dict[str, Any]:
         if rep == cfg.scaling_repeats // 2:
             todo += list(cfg.memory_only)
         for shape in todo:
-            seconds, record, rss = _timed_write(bench, write_create_flow, shape)
+            done = _timed_write(bench, write_create_flow, shape)
             p = point(shape.nbytes, shape.periods)
-            p["seconds"].add(seconds, record)
-            p["peak"].add(rss.peak)
-            p["baseline"].add(rss.baseline)
+            p["seconds"].add(done.seconds, done.conditions)
+            p["peak"].add(done.rss.peak)
+            p["baseline"].add(done.rss.baseline)
             bench.note(
-                f"{shape.nbytes / 1e9:.2f} GB", seconds, record, f", peak {rss.peak / 1e9:.2f} GB"
+                f"{shape.nbytes / 1e9:.2f} GB",
+                done.seconds,
+                done.conditions,
+                f", peak {done.rss.peak / 1e9:.2f} GB",
             )
     rows = []
     for nbytes in sorted(points):

@@ -265,6 +265,12 @@ def _headline(r: dict[str, Any]) -> list[str]:
             f"{quiet_text} | ≤ 1.0× "
             f"({_verdict(paired.get('median', b['flow_ratio']) <= 1.0)}) |"
         )
+        if same := b.get("same_codec_ratio_paired"):
+            out.append(
+                "| the same with to_icechunk's codec (zarr's default compressors), ÷ "
+                f"to_icechunk | {same['median']:.2f}× (median of paired ratios, range "
+                f"{_range(same)}) | — |"
+            )
         for start, label in (
             ("icefloe create_flow, one batch", "create_flow, one batch ÷ to_icechunk (medians)"),
             ("icefloe library", "icefloe library ÷ to_icechunk (medians)"),
@@ -455,17 +461,23 @@ def _bulk(b: dict[str, Any]) -> list[str]:
         "lazily block by block (`benchmarks/data.py`); *generate only* computes and reduces it "
         "without writing, the floor under every path. create_flow runs against an already "
         "running `prefect server start`, with its default options (one resumable batch per "
-        "GiB, so two here, the second started while the first finishes) and with one batch.",
+        "GiB, so two here, the second started while the first finishes), with one batch, and "
+        "with zarr's default compressors (zstd 3) as to_icechunk and to_zarr use them; by "
+        "default icefloe shuffles float32 values and compresses them with zstd 2 "
+        "(`tasks/encoding.py: default_compressors`, docs/modes.md). *Stored* is what the write "
+        "left on disk.",
         "",
         "| path | median s | IQR s | min–max s | busy runs | median of quiet runs (n) | MB/s "
-        "| × to_icechunk (medians) | peak RSS, all processes |",
-        "|---|---|---|---|---|---|---|---|---|",
+        "| × to_icechunk (medians) | stored | peak RSS, all processes |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in b["rows"]:
+        stored = _gb(row["stored_bytes"]) if row.get("stored_bytes") else "—"
         out.append(
             f"| {row['path']} | {_s(row['seconds'])} | {_iqr(row['seconds'])} | "
             f"{_range(row['seconds'])} | {_busy(row['seconds'])} | {_quiet(row['seconds'])} | "
-            f"{row['mb_per_s']:.0f} | {row['ratio']:.2f} | {_gb(row['peak_rss']['median'])} |"
+            f"{row['mb_per_s']:.0f} | {row['ratio']:.2f} | {stored} | "
+            f"{_gb(row['peak_rss']['median'])} |"
         )
     per = ", ".join(f"{x:.2f}" for x in b["flow_ratio_per_repeat"])
     paired = b.get("flow_ratio_paired") or {}
@@ -477,7 +489,44 @@ def _bulk(b: dict[str, Any]) -> list[str]:
         f"{_verdict(paired.get('median', b['flow_ratio']) <= 1.0)}.",
         "",
     ]
+    if same := b.get("same_codec_ratio_paired"):
+        per_same = ", ".join(f"{x:.2f}" for x in same["values"])
+        out += [
+            f"With to_icechunk's codec, per repeat: {per_same}; median {same['median']:.2f}×.",
+            "",
+        ]
+    if codecs := b.get("codecs"):
+        out += _codecs(codecs)
     return out
+
+
+def _codecs(c: dict[str, Any]) -> list[str]:
+    from benchmarks.codecs import ICEFLOE_DEFAULT, ZARR_DEFAULT
+
+    out = [
+        "### The compressors",
+        "",
+        "Each array compressed whole on one thread, as a worker's zarr thread compresses a "
+        "chunk (`benchmarks/codecs.py`): the bulk write's chunks and"
+        + (
+            " every numeric variable of the corpus's real files (tests/corpus), grouped by dtype."
+            if c.get("corpus")
+            else " (the corpus was not installed) nothing else."
+        ),
+        "",
+        "| arrays | dtype | MB | icefloe's default | ratio: zarr's → icefloe's | compress MB/s "
+        "| decompress MB/s |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for row in c["rows"]:
+        z, i = row[ZARR_DEFAULT], row[ICEFLOE_DEFAULT]
+        out.append(
+            f"| {row['source']} ({row['arrays']}) | {row['dtype']} | {row['bytes'] / 1e6:.1f} | "
+            f"{row['icefloe_codec']} | {z['ratio']:.2f} → {i['ratio']:.2f} | "
+            f"{z['compress_mb_s']:.0f} → {i['compress_mb_s']:.0f} | "
+            f"{z['decompress_mb_s']:.0f} → {i['decompress_mb_s']:.0f} |"
+        )
+    return [*out, ""]
 
 
 def _small(f: dict[str, Any]) -> list[str]:
