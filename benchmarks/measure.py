@@ -22,7 +22,7 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -345,6 +345,47 @@ def bulk_create(bench: Bench) -> dict[str, Any]:
         "flow_ratio_quiet": _quiet_ratios(times[FLOW], times[REFERENCE]),
         "same_codec_ratio_paired": _spread(paired(SAME_CODEC_FLOW)),
         "codecs": compare_codecs(shape),
+        "worker_settings": worker_settings(bench),
+    }
+
+
+def worker_settings(bench: Bench) -> dict[str, Any]:
+    """Half the bulk write through to_icechunk and the library, on the benchmark's cluster
+    (dask's worker settings, as on a cluster of the user's) and on a LocalCluster of the
+    same size whose workers icefloe starts as it starts its own (``WriterNanny``)."""
+    from distributed import LocalCluster
+
+    bulk = bench.config.bulk
+    shape = replace(
+        bulk, periods=max(bulk.time_chunk, bulk.periods // 2 // bulk.time_chunk * bulk.time_chunk)
+    )
+    writers = {"to_icechunk": write_icechunk, "icefloe library": write_library}
+    with (
+        LocalCluster(
+            n_workers=2,
+            threads_per_worker=1,
+            processes=True,
+            dashboard_address=None,
+            worker_class="tasks.cluster.WriterNanny",
+        ) as cluster,
+        Client(cluster, set_as_default=False) as client,
+    ):
+        benches = {
+            "dask's defaults": bench,
+            "icefloe's LocalCluster": replace(bench, client=client),
+        }
+        times = {(c, w): Samples() for c in benches for w in writers}
+        for rep in range(max(1, bench.config.repeats - 2)):
+            for cluster_name, writer_name in _rotated(list(times), rep):
+                done = _timed_write(benches[cluster_name], writers[writer_name], shape)
+                times[cluster_name, writer_name].add(done.seconds, done.conditions)
+                bench.note(f"{writer_name} on {cluster_name}", done.seconds, done.conditions)
+    return {
+        "bytes": shape.nbytes,
+        "rows": [
+            {"cluster": c, "writer": w, "seconds": samples.as_dict()}
+            for (c, w), samples in times.items()
+        ],
     }
 
 

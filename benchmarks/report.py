@@ -497,7 +497,36 @@ def _bulk(b: dict[str, Any]) -> list[str]:
         ]
     if codecs := b.get("codecs"):
         out += _codecs(codecs)
+    if settings := b.get("worker_settings"):
+        out += _worker_settings(settings)
     return out
+
+
+def _worker_settings(w: dict[str, Any]) -> list[str]:
+    rows = {(row["cluster"], row["writer"]): row["seconds"] for row in w["rows"]}
+    clusters = list(dict.fromkeys(c for c, _ in rows))
+    writers = list(dict.fromkeys(wr for _, wr in rows))
+    out = [
+        "### The workers icefloe starts",
+        "",
+        f"{_gb(w['bytes'])} of the same data, on the benchmark's cluster (dask's worker "
+        "settings, as on a cluster of your own) and on a LocalCluster of the same size whose "
+        "workers start as icefloe starts its own: glibc keeps chunk-sized buffers on its heap "
+        "(`tasks/cluster.py: WORKER_MALLOC_ENV`, docs/operations.md). Median seconds "
+        "(min–max), interleaved.",
+        "",
+        "| writer | " + " | ".join(clusters) + " | ratio |",
+        "|---|" + "---|" * len(clusters) + "---|",
+    ]
+    for writer in writers:
+        cells = [rows[c, writer] for c in clusters]
+        ratio = cells[-1]["median"] / cells[0]["median"]
+        out.append(
+            f"| {writer} | "
+            + " | ".join(f"{_s(c)} ({_range(c)})" for c in cells)
+            + f" | {ratio:.2f}× |"
+        )
+    return [*out, ""]
 
 
 def _codecs(c: dict[str, Any]) -> list[str]:

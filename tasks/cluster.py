@@ -23,7 +23,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from distributed import Client
+import dask
+from distributed import Client, Nanny
 from prefect import Flow
 from prefect.context import FlowRunContext
 from prefect_dask.task_runners import DaskTaskRunner
@@ -35,6 +36,8 @@ __all__ = [
     "SCHEDULER_ADDRESS_ENV",
     "THREADS_BELOW_BYTES",
     "THREADS_BELOW_ENV",
+    "WORKER_MALLOC_ENV",
+    "WriterNanny",
     "check_scheduler",
     "dask_client",
     "on_scheduler",
@@ -50,6 +53,43 @@ THREADS_BELOW_ENV = "ICEFLOE_THREADS_BELOW_BYTES"
 # A LocalCluster takes 2-5 s to start and 1-2 s to stop on a small machine; the threaded
 # scheduler writes 64 MiB in well under a second.
 THREADS_BELOW_BYTES = 64 * 2**20
+
+
+# glibc's allocator in the worker processes of the LocalCluster icefloe starts. dask sets
+# MALLOC_TRIM_THRESHOLD_=64 KiB so that workers hand freed memory back to the OS at once;
+# that also pins glibc's mmap threshold at 128 KiB, so every chunk-sized buffer of a write
+# (the block, its encoded and compressed bytes, the copy icechunk takes) is a fresh mapping
+# whose pages the kernel faults in and zeroes: in a bulk write, half of the workers' CPU
+# was kernel time. Buffers up to 64 MiB from the heap, and up to 256 MiB of freed heap kept
+# for the next chunk, make the same write 1.8x faster here (docs/operations.md).
+WORKER_MALLOC_ENV = {
+    "MALLOC_MMAP_THRESHOLD_": str(64 * 2**20),
+    "MALLOC_TRIM_THRESHOLD_": str(256 * 2**20),
+}
+_DASK_DEFAULT_TRIM = "65536"
+
+
+class WriterNanny(Nanny):
+    """dask's Nanny, starting its worker with WORKER_MALLOC_ENV, unless dask's config
+    (``distributed.nanny.pre-spawn-environ``) tunes glibc's allocator otherwise.
+
+    The environment is not asked: dask writes the values of every cluster it starts into
+    the environment of the process that started it, so they say nothing of the user's wish.
+    """
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        configured = {
+            name: str(value)
+            for name, value in dask.config.get("distributed.nanny.pre-spawn-environ").items()
+        }
+        if configured.get("MALLOC_MMAP_THRESHOLD_") is not None:
+            return
+        if configured.get("MALLOC_TRIM_THRESHOLD_", _DASK_DEFAULT_TRIM) != _DASK_DEFAULT_TRIM:
+            return
+        # both: the first is set before the process is spawned, the second after it started
+        self.pre_spawn_env.update(WORKER_MALLOC_ENV)
+        self.env.update(WORKER_MALLOC_ENV)
 
 
 class _QuietWorkerShutdown(logging.Filter):
@@ -110,6 +150,7 @@ def task_runner(address: str | None = None) -> DaskTaskRunner:
             "processes": True,
             # any free port: the default 8787 warns whenever another cluster holds it
             "dashboard_address": ":0",
+            "worker_class": "tasks.cluster.WriterNanny",
         },
     )
 

@@ -6,14 +6,15 @@ from __future__ import annotations
 import logging
 import os
 
+import dask
 import icechunk
 import numpy as np
 import pytest
-from distributed import LocalCluster
+from distributed import Client, LocalCluster
 from prefect import flow
 
 from tasks import phases
-from tasks.cluster import THREADS_BELOW_ENV, task_runner, threads_below_bytes
+from tasks.cluster import THREADS_BELOW_ENV, WORKER_MALLOC_ENV, task_runner, threads_below_bytes
 from tests.conftest import read_back
 from tests.tasks.test_phases import pid_dataset, prepared_writer
 
@@ -56,6 +57,31 @@ def test_a_write_over_the_threshold_starts_the_local_cluster(
 
     assert where.startswith("tcp://")
     assert os.getpid() not in set(np.unique(read_back(repo)["pid"].values))
+
+
+def _worker_malloc_env(**cluster_kwargs: object) -> dict[str, str | None]:
+    runner = task_runner(None)
+    kwargs = {**runner.cluster_kwargs, "n_workers": 1, **cluster_kwargs}
+    with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
+        (env,) = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}).values()
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_the_local_cluster_keeps_chunk_sized_buffers_on_the_heap(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """glibc reads these when the worker process starts; the user's own setting wins."""
+    for name in WORKER_MALLOC_ENV:
+        # dask leaves the values of the last cluster it started in this process's
+        # environment, where they would take precedence over its config
+        monkeypatch.delenv(name, raising=False)
+    with dask.config.set({"distributed.nanny.pre-spawn-environ.MALLOC_TRIM_THRESHOLD_": 4096}):
+        tuned = _worker_malloc_env()
+    assert tuned == {"MALLOC_MMAP_THRESHOLD_": None, "MALLOC_TRIM_THRESHOLD_": "4096"}
+
+    assert _worker_malloc_env() == WORKER_MALLOC_ENV
 
 
 @pytest.mark.cluster
