@@ -365,7 +365,7 @@ def worker_settings(bench: Bench) -> dict[str, Any]:
             n_workers=2,
             threads_per_worker=1,
             processes=True,
-            dashboard_address=None,
+            dashboard_address=":0",
             worker_class="tasks.cluster.WriterNanny",
         ) as cluster,
         Client(cluster, set_as_default=False) as client,
@@ -375,15 +375,27 @@ def worker_settings(bench: Bench) -> dict[str, Any]:
             "icefloe's LocalCluster": replace(bench, client=client),
         }
         times = {(c, w): Samples() for c in benches for w in writers}
+        peaks = {key: Samples(unit="B") for key in times}
         for rep in range(max(1, bench.config.repeats - 2)):
             for cluster_name, writer_name in _rotated(list(times), rep):
                 done = _timed_write(benches[cluster_name], writers[writer_name], shape)
                 times[cluster_name, writer_name].add(done.seconds, done.conditions)
-                bench.note(f"{writer_name} on {cluster_name}", done.seconds, done.conditions)
+                peaks[cluster_name, writer_name].add(done.rss.peak)
+                bench.note(
+                    f"{writer_name} on {cluster_name}",
+                    done.seconds,
+                    done.conditions,
+                    f", peak RSS {done.rss.peak / 1e9:.2f} GB",
+                )
     return {
         "bytes": shape.nbytes,
         "rows": [
-            {"cluster": c, "writer": w, "seconds": samples.as_dict()}
+            {
+                "cluster": c,
+                "writer": w,
+                "seconds": samples.as_dict(),
+                "peak_rss": peaks[c, w].as_dict(),
+            }
             for (c, w), samples in times.items()
         ],
     }

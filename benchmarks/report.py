@@ -523,7 +523,7 @@ def _bulk(b: dict[str, Any]) -> list[str]:
 
 
 def _worker_settings(w: dict[str, Any]) -> list[str]:
-    rows = {(row["cluster"], row["writer"]): row["seconds"] for row in w["rows"]}
+    rows = {(row["cluster"], row["writer"]): row for row in w["rows"]}
     clusters = list(dict.fromkeys(c for c, _ in rows))
     writers = list(dict.fromkeys(wr for _, wr in rows))
     out = [
@@ -533,17 +533,20 @@ def _worker_settings(w: dict[str, Any]) -> list[str]:
         "settings, as on a cluster of your own) and on a LocalCluster of the same size whose "
         "workers start as icefloe starts its own: glibc keeps chunk-sized buffers on its heap "
         "(`tasks/cluster.py: WORKER_MALLOC_ENV`, docs/operations.md). Median seconds "
-        "(min–max), interleaved.",
+        "(min–max), interleaved, and the median peak RSS of all the write's processes.",
         "",
-        "| writer | " + " | ".join(clusters) + " | ratio |",
-        "|---|" + "---|" * len(clusters) + "---|",
+        "| writer | " + " | ".join(f"{c}: s | {c}: peak RSS" for c in clusters) + " | ratio |",
+        "|---|" + "---|---|" * len(clusters) + "---|",
     ]
     for writer in writers:
         cells = [rows[c, writer] for c in clusters]
-        ratio = cells[-1]["median"] / cells[0]["median"]
+        ratio = cells[-1]["seconds"]["median"] / cells[0]["seconds"]["median"]
         out.append(
             f"| {writer} | "
-            + " | ".join(f"{_s(c)} ({_range(c)})" for c in cells)
+            + " | ".join(
+                f"{_s(c['seconds'])} ({_range(c['seconds'])}) | {_gb(c['peak_rss']['median'])}"
+                for c in cells
+            )
             + f" | {ratio:.2f}× |"
         )
     return [*out, ""]

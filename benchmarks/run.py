@@ -244,7 +244,7 @@ def _cluster(stack: contextlib.ExitStack, address: str | None) -> tuple[str, Any
 
     if not address:
         cluster = stack.enter_context(
-            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None)
+            LocalCluster(n_workers=2, threads_per_worker=1, processes=True, dashboard_address=":0")
         )
         address = str(cluster.scheduler_address)
     client = stack.enter_context(Client(address, set_as_default=False))
