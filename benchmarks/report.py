@@ -533,7 +533,9 @@ def _worker_settings(w: dict[str, Any]) -> list[str]:
         "settings, as on a cluster of your own) and on a LocalCluster of the same size whose "
         "workers start as icefloe starts its own: glibc keeps chunk-sized buffers on its heap "
         "(`tasks/cluster.py: WORKER_MALLOC_ENV`, docs/operations.md). Median seconds "
-        "(min–max), interleaved, and the median peak RSS of all the write's processes.",
+        "(min–max), interleaved, and the median peak RSS of the benchmark's process tree, "
+        "which holds both clusters while this runs (so the two columns differ only by what "
+        "the write adds).",
         "",
         "| writer | " + " | ".join(f"{c}: s | {c}: peak RSS" for c in clusters) + " | ratio |",
         "|---|" + "---|---|" * len(clusters) + "---|",

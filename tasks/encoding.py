@@ -3,7 +3,9 @@
 Data written into an existing array must be encoded exactly as xarray encoded the
 array when it created it (units and calendar of times, scale_factor/add_offset,
 _FillValue, dtype). The stored encoding is read back from the store and applied here,
-which is what xarray itself does when it appends.
+which is what xarray itself does when it appends. Arrays a write creates take their
+encoding from the dataset, except for their compressors where it names none
+(``default_compressors``).
 """
 
 from __future__ import annotations
