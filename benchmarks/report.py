@@ -151,14 +151,14 @@ otherwise the effect is described, not measured here.
 - **Default compressors** (`tasks/encoding.py: default_compressors`, session 6): float32
   arrays a write creates without `compressors` in their encoding are stored with Blosc
   (byte shuffle, then zstd at level 2) instead of zarr's zstd at level 3. On the
-  benchmark's fields: 22 % smaller and 2.5× faster to compress; on the corpus's float32
+  benchmark's fields: 22 % smaller and 2.5–2.7× faster to compress; on the corpus's float32
   arrays 7 % smaller and 1.5× faster (measurement 1, "The compressors"). This is what
   takes create_flow below to_icechunk; with to_icechunk's codec it stays at 1.1×. Other
   dtypes keep zarr's default: the corpus shows no gain for them.
 - **The LocalCluster icefloe starts keeps chunk-sized buffers on glibc's heap**
   (`tasks/cluster.py: WriterNanny`): dask's `MALLOC_TRIM_THRESHOLD_=64 KiB` made every
   chunk-sized buffer a fresh mapping, and half of the workers' CPU kernel time. The same
-  library write takes 0.55× the time on such workers ("The workers icefloe starts"); the
+  library write takes 0.55–0.58× the time on such workers ("The workers icefloe starts"); the
   comparisons above all run on dask's defaults.
 - **The daemon's spare checks the API version and opens the events connection while it
   waits**: a command's first flow run in a fresh process spent 0.55 s waiting for

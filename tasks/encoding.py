@@ -40,9 +40,9 @@ def default_compressors(dtype: np.dtype[Any]) -> tuple[BloscCodec, ...] | None:
     Blosc's shuffle first groups the bytes of every value by significance, so the slowly
     varying sign, exponent and high mantissa bytes compress together; with zstd at level 2
     behind it, the corpus's float32 arrays store 7 % smaller and compress 1.5× faster, the
-    benchmark's fields 22 % smaller and 2.4× faster (docs/modes.md, "Default compression").
+    benchmark's fields 22 % smaller and 2.5–2.7× faster (docs/modes.md, "Default compression").
     Other dtypes keep zarr's default (None): shuffled, the corpus's 8-byte values compress
-    no better and its int16 radar fields no better but slower.
+    a third worse and its int16 radar fields no better.
     """
     if dtype.kind != "f" or dtype.itemsize != 4:
         return None

@@ -17,10 +17,13 @@ from tests.corpus.scenarios import read_group, to_zarr_reference
 from tests.tasks.helpers import write
 
 
-def _compressors(repo: icechunk.Repository, group: str, name: str) -> tuple[Any, ...]:
+def _stored(repo: icechunk.Repository, group: str, name: str) -> zarr.Array[Any]:
     session = repo.readonly_session(branch="main")
-    array = zarr.open_array(session.store, path=f"{group}/{name}", mode="r")
-    return tuple(array.compressors)
+    return zarr.open_array(session.store, path=f"{group}/{name}", mode="r")
+
+
+def _compressors(repo: icechunk.Repository, group: str, name: str) -> tuple[Any, ...]:
+    return tuple(_stored(repo, group, name).compressors)
 
 
 def test_created_numbers_are_shuffled_and_compressed_with_zstd(repo, tmp_path: Path) -> None:
@@ -30,9 +33,7 @@ def test_created_numbers_are_shuffled_and_compressed_with_zstd(repo, tmp_path: P
     xr.testing.assert_identical(got, to_zarr_reference(ds, tmp_path, "create"))
     shuffled = set()
     for name, variable in ds.variables.items():
-        stored = zarr.open_array(
-            repo.readonly_session(branch="main").store, path=f"g/{name}", mode="r"
-        )
+        stored = _stored(repo, "g", str(name))
         (codec,) = stored.compressors
         if stored.dtype != np.float32:
             # float64 coordinates, times, packed int16, strings: zarr's own default
