@@ -355,19 +355,17 @@ def worker_settings(bench: Bench) -> dict[str, Any]:
     same size whose workers icefloe starts as it starts its own (``WriterNanny``)."""
     from distributed import LocalCluster
 
+    from tasks.cluster import local_cluster_kwargs
+
     bulk = bench.config.bulk
     shape = replace(
         bulk, periods=max(bulk.time_chunk, bulk.periods // 2 // bulk.time_chunk * bulk.time_chunk)
     )
     writers = {"to_icechunk": write_icechunk, "icefloe library": write_library}
+    # started as icefloe starts its own, at the benchmark cluster's size
+    icefloe_cluster = {**local_cluster_kwargs(), "n_workers": 2}
     with (
-        LocalCluster(
-            n_workers=2,
-            threads_per_worker=1,
-            processes=True,
-            dashboard_address=":0",
-            worker_class="tasks.cluster.WriterNanny",
-        ) as cluster,
+        LocalCluster(**icefloe_cluster) as cluster,
         Client(cluster, set_as_default=False) as client,
     ):
         benches = {

@@ -41,6 +41,7 @@ anything else, and the daemon's supervising process never imports more.
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import hashlib
 import json
@@ -423,8 +424,6 @@ def _run(conn: socket.socket, header: dict[str, Any], fds: list[int]) -> None:
     with contextlib.suppress(OSError):
         conn.sendall(json.dumps({"exit": status}).encode() + b"\n")
     conn.close()
-    import atexit
-
     atexit._run_exitfuncs()
     os._exit(status)
 

@@ -67,9 +67,13 @@ _started_for: int | None = None  # the pid that started it: a forked child needs
 _process: subprocess.Popen[bytes] | None = None
 
 
+def _disabled() -> bool:
+    return os.environ.get(LIFELINE_ENV, "1").lower() in ("0", "false", "no", "off")
+
+
 def ensure_lifeline() -> None:
     """Start this process's watchdog if it is not running yet (cheap to call often)."""
-    if os.environ.get(LIFELINE_ENV, "1").lower() in ("0", "false", "no", "off"):
+    if _disabled():
         return
     _watch_cancellation()
     _arm_stop_deadline()
@@ -80,7 +84,7 @@ def start_watchdog() -> None:
     """Start the watchdog process alone (the daemon's spare does it before a command
     arrives); ``ensure_lifeline`` then finds it running."""
     global _started_for, _process
-    if os.environ.get(LIFELINE_ENV, "1").lower() in ("0", "false", "no", "off"):
+    if _disabled():
         return
     with _lock:
         if _started_for == os.getpid() and _process is not None and _process.poll() is None:

@@ -40,6 +40,7 @@ __all__ = [
     "WriterNanny",
     "check_scheduler",
     "dask_client",
+    "local_cluster_kwargs",
     "on_scheduler",
     "scheduler_address",
     "task_runner",
@@ -135,6 +136,19 @@ def threads_below_bytes() -> int:
     return value
 
 
+def local_cluster_kwargs() -> dict[str, Any]:
+    """The LocalCluster a run starts when it has no scheduler address."""
+    return {
+        "n_workers": min(os.cpu_count() or 1, MAX_LOCAL_WORKERS),
+        "threads_per_worker": 1,
+        # Processes: encoding and compression hold the GIL for much of a chunk write.
+        "processes": True,
+        # any free port: the default 8787 warns whenever another cluster holds it
+        "dashboard_address": ":0",
+        "worker_class": "tasks.cluster.WriterNanny",
+    }
+
+
 def task_runner(address: str | None = None) -> DaskTaskRunner:
     """A DaskTaskRunner on ``scheduler_address(address)``, or on a new LocalCluster."""
     resolved = scheduler_address(address)
@@ -142,16 +156,7 @@ def task_runner(address: str | None = None) -> DaskTaskRunner:
         return DaskTaskRunner(address=resolved)
     # DaskTaskRunner(cluster=LocalCluster(...)) does not serialise; a class name and kwargs do.
     return DaskTaskRunner(
-        cluster_class="distributed.LocalCluster",
-        cluster_kwargs={
-            "n_workers": min(os.cpu_count() or 1, MAX_LOCAL_WORKERS),
-            "threads_per_worker": 1,
-            # Processes: encoding and compression hold the GIL for much of a chunk write.
-            "processes": True,
-            # any free port: the default 8787 warns whenever another cluster holds it
-            "dashboard_address": ":0",
-            "worker_class": "tasks.cluster.WriterNanny",
-        },
+        cluster_class="distributed.LocalCluster", cluster_kwargs=local_cluster_kwargs()
     )
 
 

@@ -14,7 +14,13 @@ from distributed import Client, LocalCluster
 from prefect import flow
 
 from tasks import phases
-from tasks.cluster import THREADS_BELOW_ENV, WORKER_MALLOC_ENV, task_runner, threads_below_bytes
+from tasks.cluster import (
+    THREADS_BELOW_ENV,
+    WORKER_MALLOC_ENV,
+    local_cluster_kwargs,
+    task_runner,
+    threads_below_bytes,
+)
 from tests.conftest import read_back
 from tests.tasks.test_phases import pid_dataset, prepared_writer
 
@@ -60,8 +66,7 @@ def test_a_write_over_the_threshold_starts_the_local_cluster(
 
 
 def _worker_malloc_env(**cluster_kwargs: object) -> dict[str, str | None]:
-    runner = task_runner(None)
-    kwargs = {**runner.cluster_kwargs, "n_workers": 1, **cluster_kwargs}
+    kwargs = {**local_cluster_kwargs(), "n_workers": 1, **cluster_kwargs}
     with LocalCluster(**kwargs) as cluster, Client(cluster) as client:
         (env,) = client.run(lambda: {k: os.environ.get(k) for k in WORKER_MALLOC_ENV}).values()
     return env
